@@ -1,0 +1,1 @@
+"""dbtkctl: the control CLI for the DB Toolkit backend daemon."""

@@ -1,0 +1,237 @@
+"""The blocking control client, and starting a daemon on demand.
+
+``Client.call`` opens a connection to the control socket, sends one request and returns the
+result, raising ``NotRunning`` when nothing listens and ``DaemonError`` for an error reply.
+``ensure_running`` is the race-free start: under the client-side ``spawn.lock`` it probes,
+spawns a detached ``dbtkd`` if needed and waits until the worker answers, so fifty racing
+callers start exactly one daemon. Stdlib plus the stdlib-only modules of ``dbtkd``, because
+this is ``dbtkctl``'s hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from dbtkd import ipc, protocol
+from dbtkd.errors import DaemonError, NotRunning, ProtocolMismatch, StartFailed
+from dbtkd.paths import RuntimePaths, data_paths
+
+TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotations need it
+if TYPE_CHECKING:
+    from typing import Any
+
+SECONDS = 1.0
+CONNECT_TIMEOUT = 2 * SECONDS
+# ``port`` on a starting daemon waits inside the daemon for the worker (up to 30 s there).
+REPLY_TIMEOUT = 35 * SECONDS
+START_TIMEOUT = 40 * SECONDS
+BUSY_RETRIES = 8
+SPAWN_POLL = 0.01 * SECONDS
+LOG_LINES_ON_FAILURE = 5
+
+
+class Client:
+    """One profile's daemon, as seen over its control socket."""
+
+    def __init__(self, runtime: RuntimePaths, *, timeout: float = REPLY_TIMEOUT) -> None:
+        self.runtime = runtime
+        self.timeout = timeout
+        self.daemon: dict[str, Any] = {}
+        self._ids = 0
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """Send one request; return its ``result``. Retries ``busy`` with backoff."""
+        delay = 0.02
+        for _attempt in range(BUSY_RETRIES):
+            try:
+                return self._call_once(cmd, args)
+            except DaemonError as exc:
+                if exc.code != protocol.BUSY:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        return self._call_once(cmd, args)
+
+    def _call_once(self, cmd: str, args: dict[str, Any]) -> Any:
+        channel = self._connect()
+        try:
+            self._ids += 1
+            channel.settimeout(self.timeout)
+            channel.sendall(protocol.encode_request(self._ids, cmd, **args))
+            message = _read_message(channel)
+        finally:
+            channel.close()
+        return self._result(message)
+
+    def _connect(self) -> ipc.Channel:
+        try:
+            return ipc.connect(self.runtime.control_socket, CONNECT_TIMEOUT)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotRunning(
+                f"dbtkd is not running (no daemon at {self.runtime.control_socket})"
+            ) from exc
+        except OSError as exc:
+            raise NotRunning(f"cannot reach dbtkd at {self.runtime.control_socket}: {exc}") from exc
+
+    def _result(self, message: dict[str, Any]) -> Any:
+        self.daemon = message.get("daemon") or {}
+        if self.daemon.get("protocol", protocol.PROTOCOL_VERSION) != protocol.PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"daemon is newer ({self.daemon.get('version')}) and speaks control protocol "
+                f"{self.daemon.get('protocol')}; this dbtkctl speaks "
+                f"{protocol.PROTOCOL_VERSION}. Use the newer dbtkctl."
+            )
+        if message.get("ok"):
+            return message.get("result")
+        error = message.get("error") or {}
+        raise DaemonError(str(error.get("code")), str(error.get("message")))
+
+    def stream(self, cmd: str, **args: Any) -> tuple[Any, StreamReader]:
+        """Send a streaming request; return its result and an iterator over event messages."""
+        channel = self._connect()
+        self._ids += 1
+        channel.settimeout(self.timeout)
+        channel.sendall(protocol.encode_request(self._ids, cmd, **args))
+        reader = StreamReader(channel)
+        result = self._result(reader.next_message())
+        channel.settimeout(None)
+        return result, reader
+
+
+class StreamReader:
+    """Event lines after a streaming reply; closes the channel when exhausted."""
+
+    def __init__(self, channel: ipc.Channel) -> None:
+        self._channel = channel
+        self._buffer = b""
+
+    def next_message(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            chunk = self._channel.recv(65536)
+            if not chunk:
+                self._channel.close()
+                raise ConnectionError("the daemon closed the connection")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return protocol.decode_message(line)
+
+    def __iter__(self) -> StreamReader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return self.next_message()
+        except ConnectionError:
+            raise StopIteration from None
+
+
+def _read_message(channel: ipc.Channel) -> dict[str, Any]:
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = channel.recv(65536)
+        if not chunk:
+            raise NotRunning("the daemon closed the connection before answering (stopping?)")
+        buffer += chunk
+    return protocol.decode_message(buffer.partition(b"\n")[0])
+
+
+def daemon_command() -> list[str]:
+    """How to run ``dbtkd`` from here: the frozen sibling executable, or this interpreter."""
+    if getattr(sys, "frozen", False):
+        name = "dbtkd.exe" if sys.platform == "win32" else "dbtkd"
+        return [os.path.join(os.path.dirname(sys.executable), name)]
+    return [sys.executable, "-m", "dbtkd"]
+
+
+# systemd hands these to the process it starts; a daemon we spawn must not believe they are
+# meant for it (it would notify or adopt sockets that belong to someone else).
+_STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+
+
+def spawn_daemon(runtime: RuntimePaths, extra_args: list[str]) -> Any:
+    """Start a detached ``dbtkd`` (new session, stdio to /dev/null, cwd /); return the Popen."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV_PREFIXES)}
+    argv = [*daemon_command(), *extra_args]
+    if runtime.home is not None:
+        argv += ["--home", runtime.home]
+    kwargs: dict[str, Any] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = (
+            subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
+        )
+    else:
+        kwargs["start_new_session"] = True
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=os.path.abspath(os.sep),
+        env=env,
+        close_fds=True,
+        **kwargs,
+    )
+
+
+def start_failure(runtime: RuntimePaths, reason: str) -> StartFailed:
+    """A ``StartFailed`` whose message has the reason, the log path and the last log lines."""
+    from dbtkd.logfile import tail
+
+    log_file = data_paths(home=runtime.home).log_file
+    lines = tail(log_file, LOG_LINES_ON_FAILURE)
+    shown = "\n".join("  " + line for line in lines) or "  (the log is empty)"
+    return StartFailed(f"{reason}\nlog: {log_file}\nlast log lines:\n{shown}")
+
+
+def ensure_running(
+    client: Client, spawn_args: list[str], *, timeout: float = START_TIMEOUT
+) -> tuple[dict[str, Any], bool]:
+    """The ``port`` result of a ready daemon, starting one if needed; and whether we did."""
+    try:
+        return _port(client), False
+    except NotRunning:
+        pass
+    from dbtkd import lock
+
+    runtime = client.runtime
+    fd = lock.acquire_blocking(runtime.spawn_lock, timeout)
+    if fd is None:
+        raise start_failure(
+            runtime,
+            f"timed out after {timeout:.0f} s waiting for another "
+            f"client to start dbtkd ({runtime.spawn_lock})",
+        )
+    try:
+        try:
+            return _port(client), False  # another caller started it while we waited
+        except NotRunning:
+            pass
+        proc = spawn_daemon(runtime, spawn_args)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            try:
+                return _port(client), True
+            except NotRunning:
+                if code is not None:
+                    raise start_failure(
+                        runtime, f"dbtkd exited with status {code} while starting"
+                    ) from None
+            time.sleep(SPAWN_POLL)
+        raise start_failure(runtime, f"dbtkd did not become ready within {timeout:.0f} s")
+    finally:
+        lock.release(fd)
+
+
+def _port(client: Client) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = client.call("port")
+    except DaemonError as exc:
+        if exc.code == protocol.NOT_READY:
+            raise start_failure(client.runtime, str(exc)) from None
+        raise
+    return result

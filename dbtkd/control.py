@@ -1,0 +1,171 @@
+"""The control socket server: connections, limits and dispatch of protocol v1 commands.
+
+Each accepted connection is read in chunks, split into lines by ``protocol.LineFramer`` and
+decoded by ``protocol.decode_request``; each request goes to ``handler.cmd_<name>(request,
+stream)``, so an unknown command is a reply, never a crash. Every bad line gets exactly one
+error reply and the connection stays usable, except for the errors in
+``protocol.ERRORS_THAT_CLOSE``. A command that streams (``attach``, ``logs`` with ``follow``)
+keeps the connection: the handler gets a ``Stream`` to send events on, and the lease or
+subscription lasts until ``stream.closed`` is set (either side closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from dbtkd import protocol
+from dbtkd.protocol import Request, RequestError
+
+SECONDS = 1.0
+# A client that connects and says nothing holds a slot; 10 s is ample for any real client
+# (dbtkctl sends its request right after connecting) and frees slots from stuck ones.
+IDLE_TIMEOUT = 10 * SECONDS
+# Windows, dbtkctl calls and leases share one pool; 256 is far beyond real use and keeps a
+# runaway script from exhausting the supervisor's file descriptors.
+MAX_CONNECTIONS = 256
+READ_CHUNK = 64 * 1024
+
+log = logging.getLogger("dbtkd.control")
+
+
+class Stream:
+    """The write side of a streaming command; owned by the connection, not the handler."""
+
+    def __init__(self, writer: asyncio.StreamWriter, request_id: int | str | None) -> None:
+        self._writer = writer
+        self.id = request_id
+        self.closed = asyncio.Event()
+
+    def send(self, event: str, **fields: Any) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self._writer.write(protocol.encode_event(self.id, event, fields))
+        except (ConnectionError, RuntimeError):
+            self.closed.set()
+
+
+class Handler(Protocol):
+    def daemon_info(self) -> dict[str, Any]: ...
+
+
+Command = Callable[[Request, "Stream | None"], Awaitable[Any]]
+
+
+class ControlServer:
+    """Serves one daemon's control endpoint on behalf of ``handler`` (the supervisor)."""
+
+    def __init__(self, handler: Handler, *, uid: int | None = None) -> None:
+        self.handler = handler
+        self.uid = os.getuid() if uid is None and hasattr(os, "getuid") else uid
+        self.connections: set[asyncio.Task[None]] = set()
+        self.streams: set[Stream] = set()
+
+    async def on_connect(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_uid: int | None
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            if peer_uid is not None and peer_uid != self.uid:
+                log.warning("refused control connection from uid %s", peer_uid)
+                await self._refuse(
+                    writer,
+                    protocol.FORBIDDEN,
+                    f"this daemon belongs to uid {self.uid}; run dbtkctl as that user",
+                )
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                await self._refuse(
+                    writer,
+                    protocol.BUSY,
+                    f"more than {MAX_CONNECTIONS} control connections; retry shortly",
+                )
+                return
+            self.connections.add(task)
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client left; nothing to answer
+        finally:
+            self.connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+        writer.write(protocol.encode_error(None, code, message, self.handler.daemon_info()))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = protocol.LineFramer()
+        stream: Stream | None = None
+        try:
+            while True:
+                # The idle timeout guards only request boundaries of non-streaming connections.
+                idle = stream is None and framer.pending == 0
+                try:
+                    timeout = IDLE_TIMEOUT if idle else None
+                    data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+                except TimeoutError:
+                    return
+                if not data:
+                    return
+                try:
+                    lines = framer.feed(data)
+                except protocol.LineTooLong as exc:
+                    await self._refuse(writer, exc.code, exc.message)
+                    return
+                for line in lines:
+                    if stream is not None:
+                        continue  # a streaming connection only listens for the close
+                    stream = await self._handle_line(line, writer)
+                    await writer.drain()
+        finally:
+            if stream is not None:
+                stream.closed.set()
+                self.streams.discard(stream)
+
+    async def _handle_line(self, line: bytes, writer: asyncio.StreamWriter) -> Stream | None:
+        """Answer one line; return the ``Stream`` if the command keeps the connection open."""
+        request_id: int | str | None = None
+        try:
+            request = protocol.decode_request(line)
+            request_id = request.id
+            streaming = request.cmd == "attach" or (
+                request.cmd == "logs" and request.args.get("follow") is True
+            )
+            stream = Stream(writer, request_id) if streaming else None
+            command: Command = getattr(self.handler, "cmd_" + request.cmd)
+            result = await command(request, stream)
+        except RequestError as exc:
+            writer.write(
+                protocol.encode_error(
+                    exc.id if exc.id is not None else request_id,
+                    exc.code,
+                    exc.message,
+                    self.handler.daemon_info(),
+                )
+            )
+            return None
+        except Exception:
+            # A bug in one command must not end the daemon or the connection.
+            log.exception("control command failed: %s", line[:200])
+            writer.write(
+                protocol.encode_error(
+                    request_id,
+                    "internal_error",
+                    "the daemon hit an error; see its log",
+                    self.handler.daemon_info(),
+                )
+            )
+            return None
+        writer.write(protocol.encode_reply(request_id, result, self.handler.daemon_info()))
+        if stream is not None:
+            self.streams.add(stream)
+        return stream

@@ -1,0 +1,101 @@
+"""Control transport over a Unix domain socket (0600, in a 0700 directory).
+
+The peer's uid is read with ``SO_PEERCRED`` on Linux so the control server can refuse other
+users even if file permissions were loosened. asyncio is imported only by ``start_server``;
+the blocking client side stays cheap for ``dbtkctl``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+
+TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotations need it
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Callable
+    from typing import Protocol
+
+    class Channel(Protocol):
+        def sendall(self, data: bytes, /) -> None: ...
+        def recv(self, size: int, /) -> bytes: ...
+        def settimeout(self, value: float | None, /) -> None: ...
+        def close(self) -> None: ...
+
+    class ControlServer(Protocol):
+        def close(self) -> None: ...
+        async def wait_closed(self) -> None: ...
+
+    OnConnect = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int | None], Awaitable[None]]
+else:
+    Channel = ControlServer = socket.socket  # runtime placeholders; see the stubs above
+
+# Enough for a burst of 50 racing ``dbtkctl port`` callers plus every window reconnecting.
+LISTEN_BACKLOG = 512
+
+
+def connect(address: str, timeout: float) -> socket.socket:
+    """Connect to the control socket; raises OSError (ENOENT, ECONNREFUSED...) if none."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The connecting process's uid (Linux ``SO_PEERCRED``), or None where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def remove_stale(address: str) -> None:
+    """Unlink a socket file nobody listens on; leave a live one alone (raise FileExistsError)."""
+    try:
+        st = os.lstat(address)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{address} exists and is not a socket; remove it by hand")
+    try:
+        connect(address, 0.5).close()
+    except OSError:
+        os.unlink(address)
+        return
+    raise FileExistsError(f"a live daemon answers on {address}")
+
+
+def current_user_sid() -> str:
+    raise NotImplementedError("user SIDs exist only on Windows")
+
+
+async def start_server(
+    address: str, on_connect: OnConnect, sock: socket.socket | None = None
+) -> ControlServer:
+    """Listen on ``address`` (or adopt ``sock``); the caller closes the returned server."""
+    import asyncio
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raw = writer.get_extra_info("socket")
+        try:
+            uid = peer_uid(raw) if raw is not None else None
+        except OSError:
+            uid = -1
+        await on_connect(reader, writer, uid)
+
+    if sock is not None:
+        return await asyncio.start_unix_server(accepted, sock=sock, backlog=LISTEN_BACKLOG)
+    os.makedirs(os.path.dirname(address), mode=0o700, exist_ok=True)
+    server = await asyncio.start_unix_server(accepted, path=address, backlog=LISTEN_BACKLOG)
+    os.chmod(address, 0o600)
+    return server

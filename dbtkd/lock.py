@@ -1,0 +1,72 @@
+"""Kernel-held file locks: the daemon's instance lock and the clients' spawn lock.
+
+``flock`` (POSIX) and ``msvcrt.locking`` (Windows) are released by the kernel when the holder
+dies, so a crashed daemon never leaves a lock that needs manual cleanup. The instance lock file
+also records the holder's pid, for error messages only: the lock, not the pid, is the truth.
+Stdlib only: ``dbtkctl`` takes the spawn lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from dbtkd.errors import AlreadyRunning
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def _open(path: str) -> int:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def acquire_instance_lock(path: str) -> int:
+    """Take the instance lock or raise ``AlreadyRunning``; the caller owns the returned fd."""
+    fd = _open(path)
+    if not _try_lock(fd):
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise AlreadyRunning(f"another dbtkd (pid {holder}) already serves this profile")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def acquire_blocking(path: str, timeout: float) -> int | None:
+    """Wait up to ``timeout`` seconds for the lock; return its fd, or None on timeout."""
+    fd = _open(path)
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not _try_lock(fd):
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            return None
+        time.sleep(delay)  # flock has no timeout; short polls keep waiters responsive
+        delay = min(delay * 2, 0.05)
+    return fd
+
+
+def release(fd: int) -> None:
+    os.close(fd)  # closing the last descriptor releases the flock

@@ -1,0 +1,110 @@
+"""The supervisor's log: one rotating file, written only by the supervisor.
+
+The worker writes to stderr; the supervisor reads those lines and logs them here with a
+``worker[pid]`` prefix, so there is exactly one writer and rotation never races. Followers
+(``logs`` with ``follow`` on the control socket) are fed from the same handler instead of
+polling the file. Every line passes through ``redact`` first: the token must never reach disk,
+whatever a library decides to print.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ROOT = "dbtkd"
+
+Follower = Callable[[str], None]
+
+
+class _Redact(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for secret in self.secrets:
+            if secret and secret in message:
+                message = message.replace(secret, "<redacted>")
+        record.msg, record.args = message, None
+        return True
+
+
+class _Broadcast(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.followers: set[Follower] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.followers:
+            return
+        line = self.format(record)
+        for follower in list(self.followers):
+            follower(line)
+
+
+class LogFile:
+    """Owns the handlers on the ``dbtkd`` logger for one supervisor run."""
+
+    def __init__(
+        self, path: str, level: str, max_bytes: int, backups: int, *, echo: bool = False
+    ) -> None:
+        self.path = path
+        self.secrets: list[str] = []
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        formatter = logging.Formatter(FORMAT)
+        self._file = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=False
+        )
+        self._broadcast = _Broadcast()
+        handlers: list[logging.Handler] = [self._file, self._broadcast]
+        if echo:
+            handlers.append(logging.StreamHandler(sys.stderr))
+        self.logger = logging.getLogger(ROOT)
+        self.logger.setLevel(level.upper())
+        self.logger.propagate = False
+        redact = _Redact(self.secrets)
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            handler.addFilter(redact)
+            self.logger.addHandler(handler)
+        self._handlers = handlers
+
+    def follow(self, follower: Follower) -> None:
+        self._broadcast.followers.add(follower)
+
+    def unfollow(self, follower: Follower) -> None:
+        self._broadcast.followers.discard(follower)
+
+    def close(self) -> None:
+        for handler in self._handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
+
+
+def tail(path: str, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` (and of its rotated predecessors if needed)."""
+    if lines <= 0:
+        return []
+    collected: list[str] = []
+    for candidate in (path, path + ".1"):
+        try:
+            with open(candidate, "rb") as file:
+                file.seek(0, os.SEEK_END)
+                size = file.tell()
+                # Lines are short; read a window generously sized for the request.
+                file.seek(max(0, size - lines * 512))
+                chunk = file.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            continue
+        if size > lines * 512:
+            chunk = chunk[1:]  # the first line may be cut
+        collected = chunk + collected
+        if len(collected) >= lines:
+            break
+    return collected[-lines:]

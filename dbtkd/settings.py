@@ -1,0 +1,192 @@
+"""The daemon's settings: one frozen object built from flags, environment and ``dbtkd.toml``.
+
+Precedence is flag > environment (``DBTK_*``) > config file > default, validated once here so
+nothing downstream re-checks a value. The environment is a parameter, so tests pass a dict
+instead of patching ``os.environ``. Stdlib only (plus ``dbtkd.paths``): ``dbtkctl`` uses the
+parsers to check ``--port-range`` before spawning a daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbtkd import paths
+from dbtkd.errors import ConfigError
+
+SECONDS = 1.0
+
+# The old per-window backend picked from 8000-8100; keeping the range keeps firewall rules
+# and muscle memory that users already have.
+DEFAULT_PORT_RANGE = (8000, 8100)
+DEFAULT_ALLOWED_ORIGINS = ("app://dbtk", "http://localhost:5173", "http://127.0.0.1:5173")
+# Long enough that a worker busy with a slow query is not mistaken for a hung one.
+DEFAULT_WATCHDOG_TIMEOUT = 10 * SECONDS
+DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024  # 5 files x 5 MiB caps the logs at 25 MiB
+DEFAULT_LOG_BACKUPS = 5
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Origins that identify no one: every sandboxed iframe and local file shares them.
+NEVER_ALLOWED_ORIGINS = frozenset({"null", "file://"})
+
+KEYS = (
+    "port_range",
+    "allowed_origins",
+    "idle_exit",
+    "watchdog_timeout",
+    "log_level",
+    "log_max_bytes",
+    "log_backups",
+    "tool_paths",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    runtime: paths.RuntimePaths
+    data: paths.DataPaths
+    port_range: tuple[int, int] | None  # None: let the OS pick (``--port-range 0``)
+    allowed_origins: tuple[str, ...] = DEFAULT_ALLOWED_ORIGINS
+    idle_exit: float | None = None
+    watchdog_timeout: float = DEFAULT_WATCHDOG_TIMEOUT
+    log_level: str = "info"
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_backups: int = DEFAULT_LOG_BACKUPS
+    tool_paths: Mapping[str, str] = field(default_factory=dict)
+    takeover: bool = False
+
+    @property
+    def home(self) -> str | None:
+        return self.runtime.home
+
+    def port_range_text(self) -> str:
+        return "0" if self.port_range is None else f"{self.port_range[0]}-{self.port_range[1]}"
+
+
+def parse_port_range(value: object, source: str) -> tuple[int, int] | None:
+    """``"A-B"`` (inclusive, 1-65535) or ``"0"``/``0`` for an OS-assigned port."""
+    if value == 0 or value == "0":
+        return None
+    if isinstance(value, list) and len(value) == 2:
+        value = f"{value[0]}-{value[1]}"
+    if isinstance(value, str):
+        first, sep, last = value.partition("-")
+        if sep and first.strip().isdigit() and last.strip().isdigit():
+            low, high = int(first), int(last)
+            if 1 <= low <= high <= 65535:
+                return (low, high)
+    raise ConfigError(f"{source}: expected a port range like 8000-8100 or 0, got {value!r}")
+
+
+def parse_seconds(value: object, source: str, *, allow_none: bool = False) -> float | None:
+    if allow_none and value in (None, "", "0", 0, "off", "none"):
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"{source}: expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def parse_origins(value: object, source: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{source}: expected a list of origins, got {value!r}")
+    origins = tuple(i.strip().rstrip("/") for i in items if i.strip())
+    for origin in origins:
+        if origin in NEVER_ALLOWED_ORIGINS or "://" not in origin:
+            raise ConfigError(
+                f"{source}: {origin!r} is not an allowed origin (scheme://host[:port]; "
+                "'null' and 'file://' are never allowed)"
+            )
+    return origins
+
+
+def _parse_log_level(value: object, source: str) -> str:
+    if isinstance(value, str) and value.lower() in LOG_LEVELS:
+        return value.lower()
+    raise ConfigError(f"{source}: expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+def _parse_positive_int(value: object, source: str) -> int:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number <= 0:
+        raise ConfigError(f"{source}: expected a positive integer, got {value!r}")
+    return number
+
+
+def _parse_tool_paths(value: object, source: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f'{source}: expected a table of tool = "path", got {value!r}')
+    return dict(value)
+
+
+PARSERS: dict[str, Any] = {
+    "port_range": parse_port_range,
+    "allowed_origins": parse_origins,
+    "idle_exit": lambda v, s: parse_seconds(v, s, allow_none=True),
+    "watchdog_timeout": parse_seconds,
+    "log_level": _parse_log_level,
+    "log_max_bytes": _parse_positive_int,
+    "log_backups": _parse_positive_int,
+    "tool_paths": _parse_tool_paths,
+}
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The raw table in ``dbtkd.toml`` (empty if there is no file); unknown keys are errors."""
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(KEYS)}")
+    return table
+
+
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    *,
+    home: str | None = None,
+    takeover: bool = False,
+) -> Settings:
+    """Build the settings; ``flags`` maps keys of ``KEYS`` to values given on the command line."""
+    env = os.environ if env is None else env
+    runtime = paths.runtime_paths(env, home)
+    data = paths.data_paths(env, home)
+    file_values = read_config_file(data.config_file)
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        env_name = "DBTK_" + key.upper()
+        if flags.get(key) is not None:
+            raw, source = flags[key], "--" + key.replace("_", "-")
+        elif env.get(env_name):
+            raw, source = env[env_name], env_name
+        elif key in file_values:
+            raw, source = file_values[key], f"{data.config_file}: {key}"
+        else:
+            continue
+        if key == "tool_paths" and isinstance(raw, str):
+            raise ConfigError(f"{source}: tool_paths can only be set in dbtkd.toml")
+        values[key] = PARSERS[key](raw, source)
+    return Settings(
+        runtime=runtime,
+        data=data,
+        port_range=values.pop("port_range", DEFAULT_PORT_RANGE),
+        takeover=takeover,
+        **values,
+    )

@@ -1,0 +1,783 @@
+"""The supervisor: holds the lock, the port and the control socket; runs and watches the worker.
+
+It imports little (no Starlette, no Hypercorn, no database driver) so it stays small. Start-up
+order: instance lock → listening socket on 127.0.0.1 (last port, then the range) → control
+socket → worker → worker answers ``GET /health`` → state files → ``BACKEND_PORT:<port>``.
+The listening socket never closes while the daemon lives, so the port is stable and, while a
+worker restarts, new connections wait in the kernel backlog instead of being refused.
+
+Crash policy (DESIGN §2): a worker that had become ready is restarted at once; one that dies
+before becoming ready is restarted with exponential backoff, and more than
+``START_FAILURE_BUDGET`` such failures within ``START_FAILURE_WINDOW`` put the daemon in state
+``failed``, where the supervisor itself answers every connection on the port with 503 until
+``restart``. A watchdog pings the worker over its private pipe; no answer within the watchdog
+timeout gets a stack dump request (SIGUSR1), then SIGKILL and a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from dbtkd import __version__, ipc, lock, protocol, sockshare, state, systemd
+from dbtkd.control import ControlServer, Stream
+from dbtkd.errors import DbtkError, PortRangeExhausted, StartFailed
+from dbtkd.logfile import LogFile, tail
+from dbtkd.protocol import Request, RequestError
+from dbtkd.settings import Settings
+
+SECONDS = 1.0
+LOOPBACK = "127.0.0.1"
+# Deep enough to hold every connection that arrives during a worker restart (~0.2 s).
+LISTEN_BACKLOG = 1024
+WORKER_STOP_TIMEOUT = 3 * SECONDS  # the worker's 2 s graceful drain plus its exit
+WORKER_READY_TIMEOUT = 30 * SECONDS  # a cold start on a slow disk, with room to spare
+READY_PROBE_INTERVAL = 0.01 * SECONDS
+BACKOFF_FIRST = 0.1 * SECONDS
+BACKOFF_MAX = 10 * SECONDS
+BACKOFF_JITTER = 0.2  # ±20 %, so several daemons of one user do not retry in lockstep
+START_FAILURE_BUDGET = 5
+START_FAILURE_WINDOW = 60 * SECONDS
+HEALTHY_AFTER = 10 * SECONDS  # a worker ready this long resets backoff and budget
+STDERR_LINES_KEPT = 20  # the tail shown with a failure
+DUMP_WAIT = 1 * SECONDS  # time for faulthandler to write a stack dump before the kill
+KEEPALIVE_INTERVAL = 15 * SECONDS
+FAILED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
+    b'{"state":"failed"}'
+)
+STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+
+log = logging.getLogger("dbtkd.supervisor")
+
+
+def bind_listener(port_range: tuple[int, int] | None, last_port: int | None) -> socket.socket:
+    """Bind the daemon's one listening socket on loopback; the caller owns it."""
+    if port_range is None:
+        candidates = [0]
+    else:
+        first, last = port_range
+        candidates = list(range(first, last + 1))
+        if last_port is not None and first <= last_port <= last:
+            candidates.remove(last_port)
+            candidates.insert(0, last_port)
+    for port in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if sys.platform == "win32":
+                sockshare.make_exclusive(sock)
+            else:
+                # Lets a restarted daemon reuse its port while old connections sit in
+                # TIME_WAIT; Linux still refuses a second listener on the same address.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((LOOPBACK, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES) and port != 0:
+                continue
+            raise
+        return sock
+    assert port_range is not None
+    raise PortRangeExhausted(*port_range)
+
+
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment for the worker: no systemd hand-over variables, nothing secret."""
+    clean = {k: v for k, v in env.items() if not k.startswith(STRIPPED_ENV_PREFIXES)}
+    clean["PYTHONUNBUFFERED"] = "1"
+    return clean
+
+
+def worker_argv(reply_fd: int) -> list[str]:
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "_worker", "--reply-fd", str(reply_fd)]
+    return [sys.executable, "-m", "dbtkd", "_worker", "--reply-fd", str(reply_fd)]
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class Worker:
+    """One worker process and its pipes; owned by the supervisor."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, replies: asyncio.StreamReader) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.replies = replies
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self.last_pong = time.monotonic()
+        self.stop_requested = False
+        self.killed_by_watchdog = False
+        self.pumps: list[asyncio.Task[None]] = []
+
+    def order(self, op: str, **fields: Any) -> None:
+        if self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+
+    def kill(self) -> None:
+        # The worker leads its own process group; killing the group also reaps any helper it
+        # started (dump tools, shells) instead of orphaning them.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, env: dict[str, str], echo: bool = False) -> None:
+        self.settings = settings
+        self.env = env
+        self.echo = echo
+        self.nonce = secrets.token_hex(16)
+        self.token = secrets.token_urlsafe(32)
+        self.started_at = time.time()
+        self.state = "starting"
+        self.state_changed = asyncio.Event()
+        self.error: dict[str, Any] | None = None
+        self.worker: Worker | None = None
+        self.restarts: collections.Counter[str] = collections.Counter()
+        self.start_failures: collections.deque[float] = collections.deque()
+        self.leases: dict[int, dict[str, Any]] = {}
+        self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.resume = asyncio.Event()  # set by ``restart`` to leave ``failed``
+        self.restart_done: asyncio.Event | None = None
+        self.port = 0
+        self.listener: socket.socket | None = None
+        self.failed_server: asyncio.Server | None = None
+        self.control: ControlServer | None = None
+        self.logfile: LogFile | None = None
+        self.state_written = False
+        self.announced = False
+        self._lease_ids = 0
+        self.socket_activated = False
+
+    # ----- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        settings = self.settings
+        self.logfile = LogFile(
+            settings.data.log_file,
+            settings.log_level,
+            settings.log_max_bytes,
+            settings.log_backups,
+            echo=self.echo,
+        )
+        self.logfile.secrets.append(self.token)
+        try:
+            lock_fd = lock.acquire_instance_lock(settings.runtime.lock_file)
+        except DbtkError as exc:
+            log.error("%s", exc)
+            self.logfile.close()
+            raise
+        control_server: ipc.ControlServer | None = None
+        try:
+            last_port = state.read_port(settings.data.last_port_file)
+            try:
+                self.listener = bind_listener(settings.port_range, last_port)
+            except DbtkError as exc:
+                log.error("%s", exc)
+                raise
+            self.port = self.listener.getsockname()[1]
+            log.info(
+                "dbtkd %s starting: pid %d, port %d, home %s",
+                __version__,
+                os.getpid(),
+                self.port,
+                settings.home or "(per-OS defaults)",
+            )
+            self.control = ControlServer(self)
+            activated = [
+                s
+                for s in systemd.listen_sockets(self.env)
+                if s.family == getattr(socket, "AF_UNIX", None)
+            ]
+            if activated:
+                # Socket activation: systemd owns the socket file; never create or unlink it.
+                self.socket_activated = True
+                log.info("adopting the control socket passed by systemd")
+                control_server = await ipc.start_server(
+                    settings.runtime.control_socket, self.control.on_connect, sock=activated[0]
+                )
+            else:
+                ipc.remove_stale(settings.runtime.control_socket)
+                control_server = await ipc.start_server(
+                    settings.runtime.control_socket, self.control.on_connect
+                )
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop, signum)
+            supervise = asyncio.create_task(self._supervise())
+            keepalive = asyncio.create_task(self._keepalive())
+            stopping = asyncio.create_task(self.stopping.wait())
+            try:
+                await asyncio.wait({supervise, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if supervise.done():
+                    supervise.result()  # a supervisor bug: surface it, after cleanup
+            finally:
+                keepalive.cancel()
+                stopping.cancel()
+                await self._stop_worker(code=1001)
+                supervise.cancel()
+                await asyncio.gather(supervise, keepalive, return_exceptions=True)
+        finally:
+            await self._cleanup(control_server)
+            lock.release(lock_fd)
+        log.info("dbtkd stopped")
+        self.logfile.close()
+        return 0
+
+    def _set_state(self, new_state: str) -> None:
+        self.state = new_state
+        changed, self.state_changed = self.state_changed, asyncio.Event()
+        changed.set()
+
+    def request_stop(self, signum: int | None = None) -> None:
+        if not self.stopping.is_set():
+            reason = f"signal {signal.Signals(signum).name}" if signum else "stop command"
+            log.info("stopping on %s", reason)
+            systemd.notify("STOPPING=1", self.env)
+            self._set_state("stopping")
+            self.stopping.set()
+
+    async def _cleanup(self, control_server: ipc.ControlServer | None) -> None:
+        if self.failed_server is not None:
+            self.failed_server.close()
+        runtime = self.settings.runtime
+        if control_server is not None:
+            control_server.close()
+            if not self.socket_activated:
+                with contextlib.suppress(OSError):
+                    os.unlink(runtime.control_socket)
+        state.remove_if(runtime.state_file, lambda text: self.nonce in text)
+        state.remove_if(runtime.legacy_port_file, lambda text: text.strip() == str(self.port))
+        if self.listener is not None:
+            self.listener.close()
+
+    # ----- the worker ----------------------------------------------------------------------
+
+    async def _spawn(self) -> Worker:
+        assert self.listener is not None
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *worker_argv(write_fd),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=child_environment(self.env),
+                pass_fds=(write_fd, *sockshare.spawn_kwargs(self.listener).get("pass_fds", ())),
+                process_group=0,
+                cwd="/" if sys.platform != "win32" else None,
+            )
+        finally:
+            os.close(write_fd)
+        loop = asyncio.get_running_loop()
+        replies = asyncio.StreamReader()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(replies), os.fdopen(read_fd, "rb")
+        )
+        worker = Worker(proc, replies)
+        settings = self.settings
+        config = {
+            "socket": sockshare.export_for_child(self.listener, proc.pid),
+            "port": self.port,
+            "allowed_origins": list(settings.allowed_origins),
+            "version": __version__,
+            "daemon_pid": os.getpid(),
+            "daemon_started_at": self.started_at,
+            "worker_restarts": sum(self.restarts.values()),
+            "log_file": settings.data.log_file,
+            "data_dir": settings.data.data_dir,
+            "log_level": settings.log_level,
+            "access_log": settings.log_level == "debug",
+            "test_faults": sorted(f for f in self.env.get("DBTK_TEST_FAULTS", "").split(",") if f),
+        }
+        assert proc.stdin is not None
+        proc.stdin.write(self.token.encode() + b"\n" + json.dumps(config).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        worker.pumps = [
+            loop.create_task(self._pump_stderr(worker)),
+            loop.create_task(self._pump_replies(worker)),
+        ]
+        log.info("worker %d started", worker.pid)
+        return worker
+
+    async def _pump_stderr(self, worker: Worker) -> None:
+        assert worker.proc.stdout is not None
+        wlog = logging.getLogger(f"dbtkd.worker[{worker.pid}]")
+        while True:
+            try:
+                raw = await worker.proc.stdout.readline()
+            except ValueError:  # a line over the stream limit: log what we have
+                raw = await worker.proc.stdout.read(64 * 1024)
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip()
+            worker.stderr_tail.append(line)
+            wlog.info("%s", line)
+
+    async def _pump_replies(self, worker: Worker) -> None:
+        while line := await worker.replies.readline():
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if message.get("op") == "pong":
+                    worker.last_pong = time.monotonic()
+
+    async def _probe_health(self) -> bool:
+        """True once ``GET /health`` on our port answers 200 (the worker serves)."""
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(
+                f"GET /health HTTP/1.1\r\nHost: {LOOPBACK}:{self.port}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            status = await reader.readline()
+            return status.split(b" ")[1:2] == [b"200"]
+        except (OSError, IndexError):
+            return False
+        finally:
+            writer.close()
+
+    async def _wait_ready(self, worker: Worker) -> bool:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        exited = asyncio.ensure_future(worker.proc.wait())
+        try:
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                probe = asyncio.ensure_future(self._probe_health())
+                done, _ = await asyncio.wait(
+                    {probe, exited},
+                    timeout=deadline - time.monotonic(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if exited in done:
+                    probe.cancel()
+                    return False
+                if probe in done and probe.result():
+                    return True
+                if probe not in done:
+                    probe.cancel()
+                    break
+                await asyncio.sleep(READY_PROBE_INTERVAL)
+            return False
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    async def _supervise(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self.stopping.is_set():
+            worker = self.worker = await self._spawn()
+            ready = await self._wait_ready(worker)
+            if ready:
+                worker.ready_at = time.monotonic()
+                self._on_ready(worker)
+                watchdog = asyncio.ensure_future(self._watchdog(worker))
+                await worker.proc.wait()
+                watchdog.cancel()
+            else:
+                if worker.proc.returncode is None:  # never answered in time
+                    worker.kill()
+                    await worker.proc.wait()
+            await asyncio.gather(*worker.pumps, return_exceptions=True)
+            self.ready.clear()
+            if self.stopping.is_set():
+                return
+            cause = self._cause(worker, ready)
+            if worker.ready_at is not None:
+                if time.monotonic() - worker.ready_at >= HEALTHY_AFTER:
+                    backoff = BACKOFF_FIRST
+                    self.start_failures.clear()
+                self.restarts[cause] += 1
+                log.warning("worker %d %s; restarting", worker.pid, cause)
+                self._set_state("starting")
+                continue
+            now = time.monotonic()
+            self.start_failures.append(now)
+            while self.start_failures and now - self.start_failures[0] > START_FAILURE_WINDOW:
+                self.start_failures.popleft()
+            reason = describe_exit(worker.proc.returncode)
+            if len(self.start_failures) > START_FAILURE_BUDGET:
+                await self._enter_failed(worker, reason)
+                backoff = BACKOFF_FIRST
+                continue
+            delay = backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+            log.warning(
+                "worker %d %s before it was ready; retrying in %.2f s", worker.pid, reason, delay
+            )
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+
+    def _cause(self, worker: Worker, ready: bool) -> str:
+        if worker.stop_requested:
+            return "requested"
+        if worker.killed_by_watchdog:
+            return "watchdog"
+        code = worker.proc.returncode
+        if code is not None and code < 0:
+            return "signal"
+        return "exit"
+
+    def _on_ready(self, worker: Worker) -> None:
+        self._set_state("running")
+        self.error = None
+        self.ready.set()
+        log.info("worker %d ready on port %d", worker.pid, self.port)
+        if not self.state_written:
+            self._write_state_files()
+        else:
+            self._write_state_file()  # worker_pid changed
+            for stream in self._attach_streams():
+                stream.send("worker_restarted", worker_pid=worker.pid, cause=self._last_cause())
+        if self.restart_done is not None:
+            self.restart_done.set()
+            self.restart_done = None
+        systemd.notify(f"READY=1\nSTATUS=serving on {self.url} (worker {worker.pid})", self.env)
+        if not self.announced:
+            self.announced = True
+            with contextlib.suppress(OSError, ValueError):
+                print(f"BACKEND_PORT:{self.port}", flush=True)
+
+    def _last_cause(self) -> str:
+        return next(reversed(self.restarts), "requested") if self.restarts else "requested"
+
+    def _write_state_file(self) -> None:
+        runtime = self.settings.runtime
+        document = {
+            "format": state.FORMAT,
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "worker_pid": self.worker.pid if self.worker else None,
+            "port": self.port,
+            "url": self.url,
+            "control_socket": runtime.control_socket,
+            "nonce": self.nonce,
+            "started_at": self.started_at,
+            "home": runtime.home,
+        }
+        state.write_atomic(runtime.state_file, json.dumps(document, indent=2) + "\n")
+
+    def _write_state_files(self) -> None:
+        self._write_state_file()
+        state.write_atomic(self.settings.data.last_port_file, f"{self.port}\n")
+        state.write_atomic(self.settings.runtime.legacy_port_file, f"{self.port}\n")
+        self.state_written = True
+
+    async def _watchdog(self, worker: Worker) -> None:
+        timeout = self.settings.watchdog_timeout
+        seq = 0
+        worker.last_pong = time.monotonic()
+        while worker.proc.returncode is None:
+            seq += 1
+            worker.order("ping", seq=seq)
+            await asyncio.sleep(timeout / 4)
+            silent = time.monotonic() - worker.last_pong
+            if silent < timeout or worker.proc.returncode is not None:
+                continue
+            log.error(
+                "worker %d unresponsive for %.1f s; requesting a stack dump", worker.pid, silent
+            )
+            lines_before = len(worker.stderr_tail)
+            last_before = worker.stderr_tail[-1] if worker.stderr_tail else None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGUSR1)
+            await asyncio.sleep(DUMP_WAIT)
+            tail_after = worker.stderr_tail[-1] if worker.stderr_tail else None
+            if len(worker.stderr_tail) == lines_before and tail_after == last_before:
+                log.error(
+                    "worker %d wrote no stack dump (stopped or blocked in the kernel); "
+                    "no stack dump was possible",
+                    worker.pid,
+                )
+            log.error("killing unresponsive worker %d", worker.pid)
+            worker.killed_by_watchdog = True
+            worker.kill()
+            return
+
+    async def _stop_worker(self, code: int) -> None:
+        worker = self.worker
+        if worker is None or worker.proc.returncode is not None:
+            return
+        worker.stop_requested = True
+        worker.order("stop", code=code)
+        try:
+            await asyncio.wait_for(worker.proc.wait(), WORKER_STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "worker %d did not stop in %.0f s; killing it", worker.pid, WORKER_STOP_TIMEOUT
+            )
+            worker.kill()
+            await worker.proc.wait()
+
+    # ----- failed state --------------------------------------------------------------------
+
+    async def _enter_failed(self, worker: Worker, reason: str) -> None:
+        self._set_state("failed")
+        self.error = {
+            "reason": f"worker {reason} before it was ready, "
+            f"{len(self.start_failures)} times in {START_FAILURE_WINDOW:.0f} s",
+            "exit": describe_exit(worker.proc.returncode),
+            "stderr": list(worker.stderr_tail)[-5:],
+        }
+        log.error(
+            "daemon failed: %s; last worker output: %s",
+            self.error["reason"],
+            " | ".join(self.error["stderr"]) or "(none)",
+        )
+        for stream in self._attach_streams():
+            stream.send("state", state="failed", error=self.error)
+        assert self.listener is not None
+        self.failed_server = await asyncio.start_server(
+            self._answer_failed, sock=self.listener.dup(), backlog=LISTEN_BACKLOG
+        )
+        self.resume.clear()
+        stop = asyncio.ensure_future(self.stopping.wait())
+        resume = asyncio.ensure_future(self.resume.wait())
+        await asyncio.wait({stop, resume}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        resume.cancel()
+        self.failed_server.close()
+        self.failed_server = None
+        self.start_failures.clear()
+        if not self.stopping.is_set():
+            self._set_state("starting")
+
+    async def _answer_failed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Answer after the request head so clients read a response rather than a reset.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2 * SECONDS)
+        with contextlib.suppress(Exception):
+            writer.write(FAILED_RESPONSE)
+            await writer.drain()
+        writer.close()
+
+    # ----- control commands ----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def daemon_info(self) -> dict[str, Any]:
+        return {"version": __version__, "protocol": protocol.PROTOCOL_VERSION, "nonce": self.nonce}
+
+    def _attach_streams(self) -> list[Stream]:
+        return [lease["stream"] for lease in self.leases.values()]
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_INTERVAL)
+            for stream in self._attach_streams():
+                stream.send("keepalive")
+
+    async def cmd_hello(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "state": self.state,
+        }
+
+    async def cmd_status(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "state": self.state,
+            "error": self.error,
+            "pid": os.getpid(),
+            "worker_pid": self.worker.pid if self.worker else None,
+            "port": self.port,
+            "url": self.url,
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "started_at": self.started_at,
+            "uptime": round(time.time() - self.started_at, 3),
+            "restarts": dict(self.restarts),
+            "clients": [
+                {k: v for k, v in lease.items() if k != "stream"} for lease in self.leases.values()
+            ],
+            "control_socket": settings.runtime.control_socket,
+            "home": settings.home,
+            "log_file": settings.data.log_file,
+            "data_dir": settings.data.data_dir,
+            "config_file": settings.data.config_file,
+            "idle_exit": settings.idle_exit,
+            "port_range": settings.port_range_text(),
+            "watchdog_timeout": settings.watchdog_timeout,
+        }
+
+    async def _require_ready(self) -> None:
+        if self.state == "failed":
+            raise RequestError(
+                protocol.NOT_READY,
+                f"daemon failed: {self.error['reason']}" if self.error else "daemon failed",
+            )
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        while self.state not in ("running", "failed"):
+            try:
+                await asyncio.wait_for(self.state_changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                raise RequestError(protocol.NOT_READY, "the worker is not ready yet") from None
+        if self.state == "failed":
+            return await self._require_ready()
+
+    async def cmd_port(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        await self._require_ready()
+        return {
+            "port": self.port,
+            "url": self.url,
+            "token": self.token,
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+
+    async def cmd_stop(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        # Reply first; the run loop stops the worker and removes our files afterwards.
+        asyncio.get_running_loop().call_soon(self.request_stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def cmd_restart(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        done = self.restart_done = asyncio.Event()
+        if self.state == "failed":
+            log.info("restart requested: leaving state failed")
+            self.resume.set()
+        else:
+            log.info("restart requested")
+            await self._stop_worker(code=1012)
+        try:
+            await asyncio.wait_for(done.wait(), WORKER_READY_TIMEOUT)
+        except TimeoutError:
+            raise RequestError(
+                protocol.NOT_READY, "the new worker did not become ready; see dbtkctl status"
+            ) from None
+        assert self.worker is not None
+        return {"worker_pid": self.worker.pid, "port": self.port}
+
+    async def cmd_logs(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        lines = request.args.get("lines", 50)
+        if lines < 0:
+            raise RequestError(protocol.INVALID_PARAMS, "logs: 'lines' must be >= 0")
+        backlog = tail(self.settings.data.log_file, min(lines, 10_000))
+        if stream is not None:
+            assert self.logfile is not None
+            logfile = self.logfile
+
+            def follower(line: str) -> None:
+                stream.send("log", line=line)
+
+            logfile.follow(follower)
+
+            async def unfollow() -> None:
+                await stream.closed.wait()
+                logfile.unfollow(follower)
+
+            asyncio.get_running_loop().create_task(unfollow())
+        return {"lines": backlog, "log_file": self.settings.data.log_file}
+
+    async def cmd_attach(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        assert stream is not None
+        self._lease_ids += 1
+        lease_id = self._lease_ids
+        self.leases[lease_id] = {
+            "id": lease_id,
+            "name": request.args["name"],
+            "pid": request.args["pid"],
+            "since": time.time(),
+            "stream": stream,
+        }
+        log.info("client attached: %s (pid %d)", request.args["name"], request.args["pid"])
+
+        async def release() -> None:
+            await stream.closed.wait()
+            lease = self.leases.pop(lease_id, None)
+            if lease is not None:
+                log.info("client detached: %s (pid %d)", lease["name"], lease["pid"])
+
+        asyncio.get_running_loop().create_task(release())
+        return {"lease": lease_id, "state": self.state, "port": self.port}
+
+    async def cmd_metrics(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        raise RequestError(protocol.NOT_READY, "metrics are not implemented by this daemon yet")
+
+    async def cmd_handoff(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        raise RequestError(
+            protocol.NOT_READY,
+            "handoff is not implemented by this daemon yet; use dbtkctl stop and start",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``dbtkd``: run the supervisor in the foreground."""
+    import argparse
+
+    from dbtkd import settings as settings_module
+
+    parser = argparse.ArgumentParser(prog="dbtkd", description="DB Toolkit backend daemon")
+    parser.add_argument("--home", help="profile directory (default: $DBTK_HOME or per-OS dirs)")
+    parser.add_argument("--port-range", help="A-B (default 8000-8100) or 0 for any free port")
+    parser.add_argument("--idle-exit", help="exit this many seconds after the last client")
+    parser.add_argument("--watchdog-timeout", help="seconds before a silent worker is killed")
+    parser.add_argument("--log-level", choices=settings_module.LOG_LEVELS)
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allowed_origins",
+        help="an allowed browser Origin (repeatable)",
+    )
+    parser.add_argument("--takeover", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"dbtkd {__version__}")
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    env = dict(os.environ)
+    try:
+        settings = settings_module.load(
+            {
+                "port_range": args.port_range,
+                "idle_exit": args.idle_exit,
+                "watchdog_timeout": args.watchdog_timeout,
+                "log_level": args.log_level,
+                "allowed_origins": args.allowed_origins,
+            },
+            env,
+            home=args.home,
+            takeover=args.takeover,
+        )
+        supervisor = Supervisor(settings, env=env, echo=sys.stderr.isatty())
+        return asyncio.run(supervisor.run())
+    except DbtkError as exc:
+        print(f"dbtkd: {exc}", file=sys.stderr)
+        return 4 if isinstance(exc, StartFailed) else exc.exit_code
+    except KeyboardInterrupt:
+        return 130

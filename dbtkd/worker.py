@@ -1,0 +1,200 @@
+"""The worker process: Hypercorn serving the Starlette app on the supervisor's listening socket.
+
+The supervisor starts it with ``dbtkd _worker --reply-fd N``. Its stdin is a private pipe from
+the supervisor: the first line is the token (so no secret is in argv or the environment), the
+second a JSON object with everything else, then one JSON order per line (``ping``, ``stop``).
+Replies (``pong``) go back on the reply pipe. A reader thread owns stdin, because the Windows
+Proactor loop cannot read an anonymous pipe; when stdin reaches EOF the supervisor is gone and
+the worker exits at once without draining. SIGINT and SIGTERM are ignored: the worker runs in
+its own process group and takes orders only from its pipe. Logs go to stderr, which the
+supervisor reads into its log file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+SECONDS = 1.0
+# DESIGN §2: a stop drains for at most 2 s; a window that reconnects loses nothing because
+# every stream sends a snapshot on connect.
+GRACEFUL_TIMEOUT = 2 * SECONDS
+# DESIGN §5: WebSocket messages are capped at 1 MiB, like HTTP bodies.
+WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
+# Pinned access-log format: Hypercorn's atoms can expand any request header or environment
+# variable, and %(r)s/%(q)s would log query strings. Method, path (no query), status, size,
+# time only.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
+PR_SET_PDEATHSIG = 1
+CLOSE_GOING_AWAY = 1001
+
+log = logging.getLogger("dbtkd.worker")
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL us when the supervisor dies, whatever we are doing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Orders:
+    """Reads the supervisor's pipe in a thread and hands orders to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reply_fd: int) -> None:
+        self._loop = loop
+        self._reply_fd = reply_fd
+        self.stop_code: asyncio.Future[int] = loop.create_future()
+        self._thread = threading.Thread(target=self._read, name="orders", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _read(self) -> None:
+        # Raw reads on fd 0: a daemon thread parked in a buffered read would make interpreter
+        # shutdown abort ("could not acquire lock for <stdin>").
+        pending = b""
+        while chunk := os.read(0, 4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                try:
+                    order = json.loads(raw)
+                except ValueError:
+                    continue
+                self._loop.call_soon_threadsafe(self._handle, order)
+        # EOF: the supervisor is gone (or closed our pipe). Leave now, without draining: no
+        # one is left to restart us and the listening socket is the next daemon's business.
+        os._exit(0)
+
+    def _handle(self, order: dict[str, Any]) -> None:
+        # Runs on the event loop, so a pong proves the loop is alive, not just this thread.
+        op = order.get("op")
+        if op == "ping":
+            self.reply({"op": "pong", "seq": order.get("seq")})
+        elif op == "stop" and not self.stop_code.done():
+            self.stop_code.set_result(int(order.get("code", CLOSE_GOING_AWAY)))
+
+    def reply(self, message: dict[str, Any]) -> None:
+        # If the supervisor is gone the write fails; the stdin reader notices EOF and exits.
+        with contextlib.suppress(OSError):
+            os.write(self._reply_fd, json.dumps(message).encode() + b"\n")
+
+
+def _hypercorn_config(settings: dict[str, Any], bind: str) -> Any:
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [bind] if bind else []
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    config.access_log_format = ACCESS_LOG_FORMAT
+    config.accesslog = logging.getLogger("hypercorn.access") if settings["access_log"] else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    return config
+
+
+async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    from dbtkd import sockshare
+    from dbtkd.app import AppConfig, create_app
+
+    loop = asyncio.get_running_loop()
+    orders = Orders(loop, reply_fd)
+    orders.start()
+    sock, bind = sockshare.import_in_child(settings["socket"])
+    app = create_app(
+        AppConfig(
+            token=token,
+            port=settings["port"],
+            allowed_origins=tuple(settings["allowed_origins"]),
+            version=settings["version"],
+            daemon_pid=settings["daemon_pid"],
+            daemon_started_at=settings["daemon_started_at"],
+            worker_started_at=time.time(),
+            worker_restarts=settings["worker_restarts"],
+            log_file=settings["log_file"],
+            data_dir=settings["data_dir"],
+            test_faults=frozenset(settings.get("test_faults", ())),
+        )
+    )
+
+    async def shutdown_trigger() -> None:
+        code = await orders.stop_code
+        log.info("stopping (websocket close code %d)", code)
+        await app.state.streams.close_all(code)
+
+    config = _hypercorn_config(settings, bind)
+    if bind:
+        sock.close()  # a duplicate; Hypercorn opens fd://N itself
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+    else:  # Windows: a shared socket cannot be named by a bind string
+        from hypercorn.asyncio.run import worker_serve
+        from hypercorn.config import Sockets
+        from hypercorn.utils import wrap_app
+
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=Sockets([], [sock], []),  # (secure, insecure, quic)
+            shutdown_trigger=shutdown_trigger,
+        )
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    if len(argv) != 2 or argv[0] != "--reply-fd":
+        print("usage: dbtkd _worker --reply-fd N (started by the supervisor only)", file=sys.stderr)
+        return 2
+    reply_fd = int(argv[1])
+    token, settings = _read_handshake()
+    if hasattr(signal, "SIGUSR1"):
+        # The watchdog asks for a stack dump before killing a hung worker; faulthandler
+        # writes it from the signal handler, so it works even with the event loop blocked.
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings["log_level"].upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if "crash_on_start" in settings.get("test_faults", ()):
+        log.error("test fault crash_on_start: exiting with status 3")
+        return 3
+    asyncio.run(serve(token, settings, reply_fd))
+    logging.shutdown()
+    sys.stderr.flush()
+    # Skip interpreter finalization: the orders thread is still parked in a read of the pipe,
+    # and there is nothing left to clean up that the kernel does not clean up faster.
+    os._exit(0)
+
+
+def _read_handshake() -> tuple[str, dict[str, Any]]:
+    """The token line and the settings line, read unbuffered so the orders thread gets the rest."""
+    lines: list[bytes] = []
+    current = b""
+    while len(lines) < 2:
+        byte = os.read(0, 1)
+        if not byte:
+            raise SystemExit("dbtkd worker: the supervisor closed the pipe during the handshake")
+        if byte == b"\n":
+            lines.append(current)
+            current = b""
+        else:
+            current += byte
+    return lines[0].decode().rstrip("\r"), json.loads(lines[1])

@@ -386,7 +386,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _fast_args(argv)
+    args: argparse.Namespace | SimpleNamespace | None = _fast_args(argv)
     if args is None:
         try:
             args = _parser().parse_args(argv)
@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a file or socket we could not use: say which, no traceback
+        _fail(args, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
         return 1
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 from dbtkd import ipc, protocol
-from dbtkd.errors import DaemonError, NotRunning, ProtocolMismatch, StartFailed
+from dbtkd.errors import DaemonError, DbtkError, NotRunning, ProtocolMismatch, StartFailed
 from dbtkd.paths import RuntimePaths, data_paths
 
 TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotations need it
@@ -71,6 +71,11 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise NotRunning(
                 f"dbtkd is not running (no daemon at {self.runtime.control_socket})"
+            ) from exc
+        except PermissionError as exc:
+            raise DbtkError(
+                f"permission denied opening {self.runtime.control_socket}: that daemon belongs "
+                "to another user; run dbtkctl as that user or use your own --home"
             ) from exc
         except OSError as exc:
             raise NotRunning(f"cannot reach dbtkd at {self.runtime.control_socket}: {exc}") from exc

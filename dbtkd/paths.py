@@ -123,11 +123,17 @@ def _current_uid() -> int:
     return os.getuid() if hasattr(os, "getuid") else 0
 
 
-def home_from(env: Mapping[str, str], home: str | None = None) -> str | None:
+def home_from(
+    env: Mapping[str, str], home: str | None = None, platform: str = sys.platform
+) -> str | None:
     """The profile home: ``--home`` wins over ``DBTK_HOME``; None means per-OS defaults."""
     value = home if home is not None else env.get("DBTK_HOME")
     if not value:
         return None
+    if platform == "win32" and sys.platform != "win32":  # tests of the Windows rules
+        import ntpath
+
+        return ntpath.abspath(value)
     return os.path.abspath(os.path.expanduser(value))
 
 
@@ -161,7 +167,9 @@ def _short_hash(text: str) -> str:
 
 def windows_pipe_name(home_dir: str, sid: str) -> str:
     """``\\\\.\\pipe\\db-toolkit-<SID>-<12 hex>`` for the profile rooted at ``home_dir``."""
-    digest = _short_hash(os.path.normcase(os.path.realpath(home_dir)))
+    import ntpath  # Windows rules on any host, so Linux tests compute the same name
+
+    digest = _short_hash(ntpath.normcase(ntpath.realpath(home_dir)))
     return f"\\\\.\\pipe\\{APP_NAME}-{sid}-{digest}"
 
 
@@ -190,7 +198,7 @@ def runtime_paths(
 ) -> RuntimePaths:
     """All runtime file locations for this user and profile."""
     env = os.environ if env is None else env
-    home = home_from(env, home)
+    home = home_from(env, home, platform)
     run = runtime_dir(env, home, platform=platform, uid=uid)
     if platform == "win32":
         if sid is None:

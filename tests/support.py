@@ -176,6 +176,13 @@ def read_line(sock: socket.socket, buffer: bytearray | None = None) -> dict[str,
     return json.loads(line)
 
 
+def assert_closed(sock: socket.socket) -> None:
+    """The peer closed: EOF, or a reset when it closed with our request still unread."""
+    sock.settimeout(10)
+    with contextlib.suppress(ConnectionResetError):
+        assert sock.recv(1) == b""
+
+
 def control_call(home: Path, cmd: str, **args: Any) -> Any:
     with control_connect(home) as sock:
         sock.sendall(json.dumps({"id": 1, "cmd": cmd, **args}).encode() + b"\n")

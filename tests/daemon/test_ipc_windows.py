@@ -12,7 +12,6 @@ import asyncio
 import ctypes
 import errno
 import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -612,20 +611,17 @@ def test_remove_stale_refuses_a_busy_daemon(monkeypatch: pytest.MonkeyPatch) -> 
 # The pipe name and the import
 
 
-def test_pipe_name_follows_the_documented_format(tmp_path: Path) -> None:
-    home = tmp_path / "Profile"
-    home.mkdir()
-    link = tmp_path / "link-to-profile"
-    link.symlink_to(home)
+def test_pipe_name_follows_the_documented_format() -> None:
+    home = "C:\\Users\\Ann\\Profile"
+    name = paths.windows_pipe_name(home, SID)
 
-    name = paths.windows_pipe_name(str(home), SID)
-
-    digest = hashlib.sha256(os.path.normcase(os.path.realpath(home)).encode()).hexdigest()[:12]
+    # Windows rules on any host: normcase lowercases, so case variants are one profile.
+    digest = hashlib.sha256(b"c:\\users\\ann\\profile").hexdigest()[:12]
     assert name == rf"\\.\pipe\db-toolkit-{SID}-{digest}"
     assert re.fullmatch(r"\\\\\.\\pipe\\db-toolkit-S-1-5-21(-\d+)+-[0-9a-f]{12}", name)
-    assert paths.windows_pipe_name(str(link), SID) == name  # realpath: one daemon per profile
-    assert paths.windows_pipe_name(str(tmp_path), SID) != name
-    assert paths.windows_pipe_name(str(home), "S-1-5-21-1-2-3-1002") != name
+    assert paths.windows_pipe_name("c:\\users\\ann\\PROFILE", SID) == name
+    assert paths.windows_pipe_name("C:\\Users\\Ann", SID) != name
+    assert paths.windows_pipe_name(home, "S-1-5-21-1-2-3-1002") != name
 
 
 def test_windows_runtime_paths_use_the_pipe_name(tmp_path: Path) -> None:

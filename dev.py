@@ -36,7 +36,7 @@ def _fingerprint() -> str:
 
 def ensure_venv() -> None:
     """Create ``.venv`` and install the project with its test extras, once per pyproject."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run under any python3
         sys.exit(f"dev.py: Python 3.11+ is required, this is {sys.version.split()[0]}")
     if not os.path.exists(PYTHON):
         print(f"creating {VENV}", file=sys.stderr)

@@ -117,6 +117,7 @@ def _parse_positive_int(value: object, source: str) -> int:
         number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         number = 0
+    assert isinstance(number, int)
     if isinstance(value, bool) or number <= 0:
         raise ConfigError(f"{source}: expected a positive integer, got {value!r}")
     return number

@@ -141,14 +141,14 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     config = _hypercorn_config(settings, bind)
     if bind:
         sock.close()  # a duplicate; Hypercorn opens fd://N itself
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     else:  # Windows: a shared socket cannot be named by a bind string
         from hypercorn.asyncio.run import worker_serve
         from hypercorn.config import Sockets
         from hypercorn.utils import wrap_app
 
         await worker_serve(
-            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
             config,
             sockets=Sockets([], [sock], []),  # (secure, insecure, quic)
             shutdown_trigger=shutdown_trigger,

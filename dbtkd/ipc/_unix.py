@@ -56,7 +56,7 @@ def peer_uid(sock: socket.socket) -> int | None:
 
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
 def remove_stale(address: str) -> None:

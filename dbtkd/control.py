@@ -29,6 +29,8 @@ IDLE_TIMEOUT = 10 * SECONDS
 # runaway script from exhausting the supervisor's file descriptors.
 MAX_CONNECTIONS = 256
 READ_CHUNK = 64 * 1024
+# How long a refused client may keep sending before we close anyway.
+REFUSE_LINGER = 1 * SECONDS
 
 log = logging.getLogger("dbtkd.control")
 
@@ -52,6 +54,7 @@ class Stream:
 
 class Handler(Protocol):
     def daemon_info(self) -> dict[str, Any]: ...
+    def touch(self) -> None: ...
 
 
 Command = Callable[[Request, "Stream | None"], Awaitable[Any]]
@@ -78,6 +81,7 @@ class ControlServer:
                     writer,
                     protocol.FORBIDDEN,
                     f"this daemon belongs to uid {self.uid}; run dbtkctl as that user",
+                    reader,
                 )
                 return
             if len(self.connections) >= MAX_CONNECTIONS:
@@ -85,6 +89,7 @@ class ControlServer:
                     writer,
                     protocol.BUSY,
                     f"more than {MAX_CONNECTIONS} control connections; retry shortly",
+                    reader,
                 )
                 return
             self.connections.add(task)
@@ -97,10 +102,27 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _refuse(self, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+    async def _refuse(
+        self,
+        writer: asyncio.StreamWriter,
+        code: str,
+        message: str,
+        reader: asyncio.StreamReader | None = None,
+    ) -> None:
+        """Send one error and close politely: half-close, then discard what the client sent.
+
+        Closing with unread bytes would make the kernel send a reset, and a reset can destroy
+        our reply before the client reads it.
+        """
         writer.write(protocol.encode_error(None, code, message, self.handler.daemon_info()))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
+            if reader is not None and writer.can_write_eof():
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REFUSE_LINGER):
+                        while await reader.read(READ_CHUNK):
+                            pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer = protocol.LineFramer()
@@ -119,7 +141,7 @@ class ControlServer:
                 try:
                     lines = framer.feed(data)
                 except protocol.LineTooLong as exc:
-                    await self._refuse(writer, exc.code, exc.message)
+                    await self._refuse(writer, exc.code, exc.message, reader)
                     return
                 for line in lines:
                     if stream is not None:
@@ -134,6 +156,7 @@ class ControlServer:
     async def _handle_line(self, line: bytes, writer: asyncio.StreamWriter) -> Stream | None:
         """Answer one line; return the ``Stream`` if the command keeps the connection open."""
         request_id: int | str | None = None
+        self.handler.touch()  # any request, even a bad one, is activity for idle exit
         try:
             request = protocol.decode_request(line)
             request_id = request.id

@@ -9,6 +9,7 @@ whatever a library decides to print.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -48,6 +49,35 @@ class _Broadcast(logging.Handler):
             follower(line)
 
 
+class _FileHandler(logging.handlers.RotatingFileHandler):
+    """Rotating file handler that remembers why writing failed instead of printing it.
+
+    A full disk must not take the daemon down, and the default ``handleError`` would write a
+    traceback to stderr (``/dev/null`` for a detached daemon): nobody would know. ``error`` is
+    reported by ``status`` and cleared by the next write that succeeds.
+    """
+
+    error: str | None = None
+    _failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        failed_before = self.error
+        self._failed = False
+        super().emit(record)
+        if failed_before is not None and not self._failed:
+            self.error = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self._failed = True
+        self.error = f"cannot write {self.baseFilename}: {sys.exc_info()[1]}"
+        # Drop the stream: a half-written buffer would fail again on every flush. The next
+        # emit reopens the file (FileHandler opens lazily when stream is None).
+        with contextlib.suppress(Exception):
+            if self.stream is not None:
+                self.stream.close()
+        self.stream = None
+
+
 class LogFile:
     """Owns the handlers on the ``dbtkd`` logger for one supervisor run."""
 
@@ -58,7 +88,7 @@ class LogFile:
         self.secrets: list[str] = []
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         formatter = logging.Formatter(FORMAT)
-        self._file = logging.handlers.RotatingFileHandler(
+        self._file = _FileHandler(
             path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=False
         )
         self._broadcast = _Broadcast()
@@ -74,6 +104,11 @@ class LogFile:
             handler.addFilter(redact)
             self.logger.addHandler(handler)
         self._handlers = handlers
+
+    @property
+    def error(self) -> str | None:
+        """Why the log file cannot be written right now (e.g. a full disk), or None."""
+        return self._file.error
 
     def follow(self, follower: Follower) -> None:
         self._broadcast.followers.add(follower)

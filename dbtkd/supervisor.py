@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, ipc, lock, protocol, sockshare, state, systemd
+from dbtkd import __version__, ipc, lock, procstats, protocol, sockshare, state, systemd
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import DbtkError, PortRangeExhausted, StartFailed
 from dbtkd.logfile import LogFile, tail
@@ -54,6 +54,11 @@ HEALTHY_AFTER = 10 * SECONDS  # a worker ready this long resets backoff and budg
 STDERR_LINES_KEPT = 20  # the tail shown with a failure
 DUMP_WAIT = 1 * SECONDS  # time for faulthandler to write a stack dump before the kill
 KEEPALIVE_INTERVAL = 15 * SECONDS
+# Pings double as the worker's activity report for idle exit, so they run at least once a
+# second; the watchdog timeout decides when silence means hung.
+PING_INTERVAL_MAX = 1 * SECONDS
+IDLE_CHECK_INTERVAL_MAX = 1 * SECONDS
+EXIT_CONFIG = 78  # the worker's "fatal configuration error" status (sysexits EX_CONFIG)
 FAILED_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
     b"Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
@@ -130,6 +135,7 @@ class Worker:
         self.ready_at: float | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self.last_pong = time.monotonic()
+        self.activity: dict[str, Any] = {}  # the last pong: idle_for, in_flight, jobs
         self.stop_requested = False
         self.killed_by_watchdog = False
         self.pumps: list[asyncio.Task[None]] = []
@@ -177,6 +183,7 @@ class Supervisor:
         self.announced = False
         self._lease_ids = 0
         self.socket_activated = False
+        self.last_activity = time.monotonic()  # control requests, lease changes, start
 
     # ----- lifecycle -----------------------------------------------------------------------
 
@@ -235,6 +242,7 @@ class Supervisor:
                 loop.add_signal_handler(signum, self.request_stop, signum)
             supervise = asyncio.create_task(self._supervise())
             keepalive = asyncio.create_task(self._keepalive())
+            idle = asyncio.create_task(self._idle_exit())
             stopping = asyncio.create_task(self.stopping.wait())
             try:
                 await asyncio.wait({supervise, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -242,10 +250,11 @@ class Supervisor:
                     supervise.result()  # a supervisor bug: surface it, after cleanup
             finally:
                 keepalive.cancel()
+                idle.cancel()
                 stopping.cancel()
                 await self._stop_worker(code=1001)
                 supervise.cancel()
-                await asyncio.gather(supervise, keepalive, return_exceptions=True)
+                await asyncio.gather(supervise, keepalive, idle, return_exceptions=True)
         finally:
             await self._cleanup(control_server)
             lock.release(lock_fd)
@@ -258,9 +267,9 @@ class Supervisor:
         changed, self.state_changed = self.state_changed, asyncio.Event()
         changed.set()
 
-    def request_stop(self, signum: int | None = None) -> None:
+    def request_stop(self, signum: int | None = None, reason: str = "stop command") -> None:
         if not self.stopping.is_set():
-            reason = f"signal {signal.Signals(signum).name}" if signum else "stop command"
+            reason = f"signal {signal.Signals(signum).name}" if signum else reason
             log.info("stopping on %s", reason)
             systemd.notify("STOPPING=1", self.env)
             self._set_state("stopping")
@@ -317,7 +326,7 @@ class Supervisor:
             "data_dir": settings.data.data_dir,
             "log_level": settings.log_level,
             "access_log": settings.log_level == "debug",
-            "test_faults": sorted(f for f in self.env.get("DBTK_TEST_FAULTS", "").split(",") if f),
+            "test_faults": self._test_faults(),
         }
         assert proc.stdin is not None
         proc.stdin.write(self.token.encode() + b"\n" + json.dumps(config).encode() + b"\n")
@@ -329,6 +338,16 @@ class Supervisor:
         ]
         log.info("worker %d started", worker.pid)
         return worker
+
+    def _test_faults(self) -> list[str]:
+        """Test-only switches for the worker: ``DBTK_TEST_FAULTS`` plus the lines of the file
+        named by ``DBTK_TEST_FAULTS_FILE``, re-read at every spawn so a test can heal a fault."""
+        faults = {f for f in self.env.get("DBTK_TEST_FAULTS", "").split(",") if f}
+        path = self.env.get("DBTK_TEST_FAULTS_FILE")
+        if path:
+            with contextlib.suppress(OSError), open(path, encoding="utf-8") as file:
+                faults.update(line.strip() for line in file if line.strip())
+        return sorted(faults)
 
     async def _pump_stderr(self, worker: Worker) -> None:
         assert worker.proc.stdout is not None
@@ -350,6 +369,7 @@ class Supervisor:
                 message = json.loads(line)
                 if message.get("op") == "pong":
                     worker.last_pong = time.monotonic()
+                    worker.activity = message
 
     async def _probe_health(self) -> bool:
         """True once ``GET /health`` on our port answers 200 (the worker serves)."""
@@ -421,6 +441,11 @@ class Supervisor:
                 self.restarts[cause] += 1
                 log.warning("worker %d %s; restarting", worker.pid, cause)
                 self._set_state("starting")
+                continue
+            if worker.proc.returncode == EXIT_CONFIG:
+                # Retrying cannot fix a configuration error: report it once and wait.
+                await self._enter_failed(worker, "hit a fatal configuration error", fatal=True)
+                backoff = BACKOFF_FIRST
                 continue
             now = time.monotonic()
             self.start_failures.append(now)
@@ -497,12 +522,13 @@ class Supervisor:
 
     async def _watchdog(self, worker: Worker) -> None:
         timeout = self.settings.watchdog_timeout
+        interval = min(timeout / 4, PING_INTERVAL_MAX)
         seq = 0
         worker.last_pong = time.monotonic()
         while worker.proc.returncode is None:
             seq += 1
-            worker.order("ping", seq=seq)
-            await asyncio.sleep(timeout / 4)
+            worker.order("ping", seq=seq, view=self._view_for_worker())
+            await asyncio.sleep(interval)
             silent = time.monotonic() - worker.last_pong
             if silent < timeout or worker.proc.returncode is not None:
                 continue
@@ -526,6 +552,50 @@ class Supervisor:
             worker.kill()
             return
 
+    def _view_for_worker(self) -> dict[str, Any]:
+        """What the worker's ``/metrics`` needs from us."""
+        return {
+            "restarts": dict(self.restarts),
+            "leases": len(self.leases),
+            "supervisor": procstats.read(os.getpid()),
+            "log_error": self.logfile.error if self.logfile else None,
+        }
+
+    # ----- idle exit -----------------------------------------------------------------------
+
+    def touch(self) -> None:
+        """Record activity that postpones idle exit (a control request, a lease change)."""
+        self.last_activity = time.monotonic()
+
+    def _idle_seconds(self) -> float:
+        """Seconds nothing has happened: no lease, request, job or control call; else 0."""
+        if self.leases:
+            return 0.0
+        now = time.monotonic()
+        last = self.last_activity
+        worker = self.worker
+        if worker is not None and worker.activity:
+            if worker.activity.get("in_flight") or worker.activity.get("jobs"):
+                return 0.0
+            last = max(last, worker.last_pong - float(worker.activity.get("idle_for", 0.0)))
+        return max(0.0, now - last)
+
+    async def _idle_exit(self) -> None:
+        idle_exit = self.settings.idle_exit
+        if idle_exit is None:
+            return
+        # The timer starts when the worker first answers: the client that spawned us gets the
+        # full period to ask for the port and attach.
+        await self.ready.wait()
+        self.touch()
+        while True:
+            await asyncio.sleep(min(idle_exit / 4, IDLE_CHECK_INTERVAL_MAX))
+            if self._idle_seconds() >= idle_exit:
+                self.request_stop(
+                    reason=f"idle exit: no clients, requests or jobs for {idle_exit:g} s"
+                )
+                return
+
     async def _stop_worker(self, code: int) -> None:
         worker = self.worker
         if worker is None or worker.proc.returncode is not None:
@@ -543,10 +613,12 @@ class Supervisor:
 
     # ----- failed state --------------------------------------------------------------------
 
-    async def _enter_failed(self, worker: Worker, reason: str) -> None:
+    async def _enter_failed(self, worker: Worker, reason: str, *, fatal: bool = False) -> None:
         self._set_state("failed")
         self.error = {
-            "reason": f"worker {reason} before it was ready, "
+            "reason": f"worker {reason}"
+            if fatal
+            else f"worker {reason} before it was ready, "
             f"{len(self.start_failures)} times in {START_FAILURE_WINDOW:.0f} s",
             "exit": describe_exit(worker.proc.returncode),
             "stderr": list(worker.stderr_tail)[-5:],
@@ -634,6 +706,8 @@ class Supervisor:
             "data_dir": settings.data.data_dir,
             "config_file": settings.data.config_file,
             "idle_exit": settings.idle_exit,
+            "processes": self._processes(),
+            "log_error": self.logfile.error if self.logfile else None,
             "port_range": settings.port_range_text(),
             "watchdog_timeout": settings.watchdog_timeout,
         }
@@ -722,14 +796,31 @@ class Supervisor:
         async def release() -> None:
             await stream.closed.wait()
             lease = self.leases.pop(lease_id, None)
+            self.touch()
             if lease is not None:
                 log.info("client detached: %s (pid %d)", lease["name"], lease["pid"])
 
         asyncio.get_running_loop().create_task(release())
         return {"lease": lease_id, "state": self.state, "port": self.port}
 
+    def _processes(self) -> dict[str, procstats.ProcStats]:
+        processes = {"supervisor": procstats.read(os.getpid())}
+        if self.worker is not None and self.worker.proc.returncode is None:
+            processes["worker"] = procstats.read(self.worker.pid)
+        return processes
+
     async def cmd_metrics(self, request: Request, stream: Stream | None) -> dict[str, Any]:
-        raise RequestError(protocol.NOT_READY, "metrics are not implemented by this daemon yet")
+        activity = self.worker.activity if self.worker else {}
+        return {
+            "uptime": round(time.time() - self.started_at, 3),
+            "state": self.state,
+            "processes": self._processes(),
+            "restarts": dict(self.restarts),
+            "leases": len(self.leases),
+            "worker": {k: v for k, v in activity.items() if k not in ("op", "seq")},
+            "idle_seconds": round(self._idle_seconds(), 3),
+            "log_error": self.logfile.error if self.logfile else None,
+        }
 
     async def cmd_handoff(self, request: Request, stream: Stream | None) -> dict[str, Any]:
         raise RequestError(

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 SECONDS = 1.0
@@ -35,6 +36,8 @@ WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
 # time only.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 PR_SET_PDEATHSIG = 1
+# sysexits.h EX_CONFIG: the supervisor treats it as fatal (no retries, state ``failed``).
+EXIT_CONFIG = 78
 CLOSE_GOING_AWAY = 1001
 
 log = logging.getLogger("dbtkd.worker")
@@ -51,11 +54,24 @@ def _die_with_parent() -> None:
 
 
 class Orders:
-    """Reads the supervisor's pipe in a thread and hands orders to the event loop."""
+    """Reads the supervisor's pipe in a thread and hands orders to the event loop.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reply_fd: int) -> None:
+    A ``ping`` carries the supervisor's view (restarts, leases) for ``/metrics``; its ``pong``
+    carries the worker's activity (seconds idle, requests in flight, running jobs) for idle
+    exit. Both are answered on the event loop, so a pong also proves the loop is alive.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reply_fd: int,
+        activity: Callable[[], dict[str, Any]],
+        supervisor_view: dict[str, Any],
+    ) -> None:
         self._loop = loop
         self._reply_fd = reply_fd
+        self._activity = activity
+        self._supervisor_view = supervisor_view
         self.stop_code: asyncio.Future[int] = loop.create_future()
         self._thread = threading.Thread(target=self._read, name="orders", daemon=True)
 
@@ -83,7 +99,8 @@ class Orders:
         # Runs on the event loop, so a pong proves the loop is alive, not just this thread.
         op = order.get("op")
         if op == "ping":
-            self.reply({"op": "pong", "seq": order.get("seq")})
+            self._supervisor_view.update(order.get("view") or {})
+            self.reply({"op": "pong", "seq": order.get("seq"), **self._activity()})
         elif op == "stop" and not self.stop_code.done():
             self.stop_code.set_result(int(order.get("code", CLOSE_GOING_AWAY)))
 
@@ -112,10 +129,9 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
 
     from dbtkd import sockshare
     from dbtkd.app import AppConfig, create_app
+    from dbtkd.app.meter import Meter
 
     loop = asyncio.get_running_loop()
-    orders = Orders(loop, reply_fd)
-    orders.start()
     sock, bind = sockshare.import_in_child(settings["socket"])
     app = create_app(
         AppConfig(
@@ -133,6 +149,23 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
         )
     )
 
+    meter = Meter(app)
+    supervisor_view: dict[str, Any] = {}
+    app.state.meter = meter
+    app.state.supervisor_view = supervisor_view
+
+    def activity() -> dict[str, Any]:
+        jobs = getattr(app.state, "jobs_running", None)
+        return {
+            "idle_for": round(meter.idle_for(), 3),
+            "in_flight": meter.in_flight,
+            "jobs": jobs() if callable(jobs) else 0,
+            "requests_total": meter.requests_total,
+        }
+
+    orders = Orders(loop, reply_fd, activity, supervisor_view)
+    orders.start()
+
     async def shutdown_trigger() -> None:
         code = await orders.stop_code
         log.info("stopping (websocket close code %d)", code)
@@ -141,14 +174,14 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     config = _hypercorn_config(settings, bind)
     if bind:
         sock.close()  # a duplicate; Hypercorn opens fd://N itself
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await hypercorn_serve(meter, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     else:  # Windows: a shared socket cannot be named by a bind string
         from hypercorn.asyncio.run import worker_serve
         from hypercorn.config import Sockets
         from hypercorn.utils import wrap_app
 
         await worker_serve(
-            wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+            wrap_app(meter, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
             config,
             sockets=Sockets([], [sock], []),  # (secure, insecure, quic)
             shutdown_trigger=shutdown_trigger,
@@ -176,12 +209,30 @@ def main(argv: list[str]) -> int:
     if "crash_on_start" in settings.get("test_faults", ()):
         log.error("test fault crash_on_start: exiting with status 3")
         return 3
+    problem = _unusable_data_dir(settings["data_dir"])
+    if problem:
+        # Retrying cannot fix this; the supervisor reports it once and waits for a restart.
+        log.error("fatal configuration error: %s", problem)
+        return EXIT_CONFIG
     asyncio.run(serve(token, settings, reply_fd))
     logging.shutdown()
     sys.stderr.flush()
     # Skip interpreter finalization: the orders thread is still parked in a read of the pipe,
     # and there is nothing left to clean up that the kernel does not clean up faster.
     os._exit(0)
+
+
+def _unusable_data_dir(data_dir: str) -> str | None:
+    """Why the data dir cannot hold the daemon's stores, or None if it can."""
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        probe = os.path.join(data_dir, f".probe-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as file:
+            file.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        return f"data directory {data_dir} is unusable: {exc.strerror or exc}"
+    return None
 
 
 def _read_handshake() -> tuple[str, dict[str, Any]]:

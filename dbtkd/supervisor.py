@@ -58,6 +58,9 @@ KEEPALIVE_INTERVAL = 15 * SECONDS
 # second; the watchdog timeout decides when silence means hung.
 PING_INTERVAL_MAX = 1 * SECONDS
 IDLE_CHECK_INTERVAL_MAX = 1 * SECONDS
+FRESH_PONG_TIMEOUT = (
+    2 * SECONDS
+)  # a live loop answers in microseconds; the watchdog covers a hung one
 EXIT_CONFIG = 78  # the worker's "fatal configuration error" status (sysexits EX_CONFIG)
 FAILED_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
@@ -136,6 +139,7 @@ class Worker:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self.last_pong = time.monotonic()
         self.activity: dict[str, Any] = {}  # the last pong: idle_for, in_flight, jobs
+        self.pong_received = asyncio.Event()  # set by each pong; cleared by whoever waits
         self.stop_requested = False
         self.killed_by_watchdog = False
         self.pumps: list[asyncio.Task[None]] = []
@@ -370,6 +374,7 @@ class Supervisor:
                 if message.get("op") == "pong":
                     worker.last_pong = time.monotonic()
                     worker.activity = message
+                    worker.pong_received.set()
 
     async def _probe_health(self) -> bool:
         """True once ``GET /health`` on our port answers 200 (the worker serves)."""
@@ -590,11 +595,25 @@ class Supervisor:
         self.touch()
         while True:
             await asyncio.sleep(min(idle_exit / 4, IDLE_CHECK_INTERVAL_MAX))
+            if self._idle_seconds() < idle_exit:
+                continue
+            # The last pong may predate a request; ask the worker again before leaving.
+            await self._fresh_activity()
             if self._idle_seconds() >= idle_exit:
                 self.request_stop(
                     reason=f"idle exit: no clients, requests or jobs for {idle_exit:g} s"
                 )
                 return
+
+    async def _fresh_activity(self) -> None:
+        """Wait (briefly) for a pong sent after this call, so activity figures are current."""
+        worker = self.worker
+        if worker is None or worker.proc.returncode is not None:
+            return
+        worker.pong_received.clear()
+        worker.order("ping", seq=0, view=self._view_for_worker())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.pong_received.wait(), FRESH_PONG_TIMEOUT)
 
     async def _stop_worker(self, code: int) -> None:
         worker = self.worker

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-BIN = Path(sys.executable).parent
+# DBTK_BIN_DIR=dist/db-toolkit-backend runs the tests against the frozen build instead of the
+# console scripts next to this interpreter (tests/frozen/ and the frozen pass of .ci/run).
+BIN = Path(os.environ.get("DBTK_BIN_DIR") or Path(sys.executable).parent).absolute()
 DBTKD = str(BIN / "dbtkd")
 DBTKCTL = str(BIN / "dbtkctl")
 T = TypeVar("T")
@@ -159,8 +161,12 @@ def control_socket(home: Path) -> str:
 
 def control_connect(home: Path, timeout: float = 10) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(control_socket(home))
+    try:
+        sock.settimeout(timeout)
+        sock.connect(control_socket(home))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -230,6 +236,21 @@ class ProcessReaper:
         daemon = Daemon(home, proc, port, token, env, self)
         self.track(daemon.status()["worker_pid"])
         return daemon
+
+    def spawn(
+        self, home: Path, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """Start ``dbtkd`` without waiting for it to be ready (it may never be)."""
+        proc = subprocess.Popen(
+            [DBTKD, *(["--port-range", "0"] if "--port-range" not in args else []), *args],
+            env=env or env_for(home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
 
     def cleanup(self) -> None:
         for proc in self.procs:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -35,13 +36,33 @@ REFUSE_LINGER = 1 * SECONDS
 log = logging.getLogger("dbtkd.control")
 
 
+# A command that wrote its own reply (``handoff`` attaches descriptors to it) returns this.
+ALREADY_REPLIED = object()
+
+
 class Stream:
-    """The write side of a streaming command; owned by the connection, not the handler."""
+    """The write side of a streaming command; owned by the connection, not the handler.
+
+    A handler that expects more lines from the client on this connection (``handoff`` waits
+    for the successor's verdict) sets ``lines`` to a queue; otherwise further lines are
+    ignored and the stream lives until the connection closes.
+    """
 
     def __init__(self, writer: asyncio.StreamWriter, request_id: int | str | None) -> None:
         self._writer = writer
         self.id = request_id
         self.closed = asyncio.Event()
+        self.lines: asyncio.Queue[bytes] | None = None
+
+    def dup_socket(self) -> socket.socket:
+        """A blocking-API duplicate of the connection, for ``sendmsg`` with descriptors.
+
+        It shares the file description (and its non-blocking flag) with the transport; use
+        it only for a small write while the transport has nothing buffered. Caller closes it.
+        """
+        transport_socket = self._writer.get_extra_info("socket")
+        duplicate: socket.socket = transport_socket.dup()
+        return duplicate
 
     def send(self, event: str, **fields: Any) -> None:
         if self.closed.is_set():
@@ -145,7 +166,9 @@ class ControlServer:
                     return
                 for line in lines:
                     if stream is not None:
-                        continue  # a streaming connection only listens for the close
+                        if stream.lines is not None:
+                            stream.lines.put_nowait(line)
+                        continue  # otherwise a streaming connection only listens for the close
                     stream = await self._handle_line(line, writer)
                     await writer.drain()
         finally:
@@ -160,7 +183,7 @@ class ControlServer:
         try:
             request = protocol.decode_request(line)
             request_id = request.id
-            streaming = request.cmd == "attach" or (
+            streaming = request.cmd in ("attach", "handoff") or (
                 request.cmd == "logs" and request.args.get("follow") is True
             )
             stream = Stream(writer, request_id) if streaming else None
@@ -188,7 +211,8 @@ class ControlServer:
                 )
             )
             return None
-        writer.write(protocol.encode_reply(request_id, result, self.handler.daemon_info()))
+        if result is not ALREADY_REPLIED:
+            writer.write(protocol.encode_reply(request_id, result, self.handler.daemon_info()))
         if stream is not None:
             self.streams.add(stream)
         return stream

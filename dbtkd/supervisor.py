@@ -31,8 +31,8 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, ipc, lock, procstats, protocol, sockshare, state, systemd
-from dbtkd.control import ControlServer, Stream
+from dbtkd import __version__, handoff, ipc, lock, procstats, protocol, sockshare, state, systemd
+from dbtkd.control import ALREADY_REPLIED, ControlServer, Stream
 from dbtkd.errors import DbtkError, PortRangeExhausted, StartFailed
 from dbtkd.logfile import LogFile, tail
 from dbtkd.protocol import Request, RequestError
@@ -67,6 +67,7 @@ FAILED_RESPONSE = (
     b"Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
     b'{"state":"failed"}'
 )
+PROBE_HEADER = "X-Dbtk-Probe"
 STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 
 log = logging.getLogger("dbtkd.supervisor")
@@ -140,6 +141,7 @@ class Worker:
         self.last_pong = time.monotonic()
         self.activity: dict[str, Any] = {}  # the last pong: idle_for, in_flight, jobs
         self.pong_received = asyncio.Event()  # set by each pong; cleared by whoever waits
+        self.probe = secrets.token_hex(8)  # echoed only by this worker's readiness probe
         self.stop_requested = False
         self.killed_by_watchdog = False
         self.pumps: list[asyncio.Task[None]] = []
@@ -188,6 +190,20 @@ class Supervisor:
         self._lease_ids = 0
         self.socket_activated = False
         self.last_activity = time.monotonic()  # control requests, lease changes, start
+        self.control_server: ipc.ControlServer | None = None
+        self.control_listener: socket.socket | None = None  # handed over by a predecessor
+        self.lock_fd = -1
+        self.owns_files = False  # may we remove the socket, state and port files at exit?
+        self.exit_code = 0
+        self.stop_code = 1001  # WebSocket close code for our worker's clients at exit
+        # Handoff, new side: the connection to the predecessor until our worker answers.
+        self.handoff_connection: socket.socket | None = None
+        self.handed_over_from: str | None = None
+        self.carried_leases: list[dict[str, Any]] = []
+        # Handoff, old side.
+        self.handoff_pending = False
+        self.last_handoff_error: str | None = None
+        self.last_cause = "requested"
 
     # ----- lifecycle -----------------------------------------------------------------------
 
@@ -200,47 +216,26 @@ class Supervisor:
             settings.log_backups,
             echo=self.echo,
         )
-        self.logfile.secrets.append(self.token)
         try:
-            lock_fd = lock.acquire_instance_lock(settings.runtime.lock_file)
+            lock_fd = self._take_over() if settings.takeover else self._acquire()
         except DbtkError as exc:
             log.error("%s", exc)
             self.logfile.close()
             raise
-        control_server: ipc.ControlServer | None = None
+        self.logfile.secrets.append(self.token)
         try:
-            last_port = state.read_port(settings.data.last_port_file)
-            try:
-                self.listener = bind_listener(settings.port_range, last_port)
-            except DbtkError as exc:
-                log.error("%s", exc)
-                raise
-            self.port = self.listener.getsockname()[1]
             log.info(
-                "dbtkd %s starting: pid %d, port %d, home %s",
+                "dbtkd %s %s: pid %d, port %d, home %s",
                 __version__,
+                "taking over" if settings.takeover else "starting",
                 os.getpid(),
                 self.port,
                 settings.home or "(per-OS defaults)",
             )
+            self.lock_fd = lock_fd
             self.control = ControlServer(self)
-            activated = [
-                s
-                for s in systemd.listen_sockets(self.env)
-                if s.family == getattr(socket, "AF_UNIX", None)
-            ]
-            if activated:
-                # Socket activation: systemd owns the socket file; never create or unlink it.
-                self.socket_activated = True
-                log.info("adopting the control socket passed by systemd")
-                control_server = await ipc.start_server(
-                    settings.runtime.control_socket, self.control.on_connect, sock=activated[0]
-                )
-            else:
-                ipc.remove_stale(settings.runtime.control_socket)
-                control_server = await ipc.start_server(
-                    settings.runtime.control_socket, self.control.on_connect
-                )
+            if self.handoff_connection is None:
+                await self._open_control()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop, signum)
@@ -256,15 +251,69 @@ class Supervisor:
                 keepalive.cancel()
                 idle.cancel()
                 stopping.cancel()
-                await self._stop_worker(code=1001)
+                await self._stop_worker(code=self.stop_code)
                 supervise.cancel()
                 await asyncio.gather(supervise, keepalive, idle, return_exceptions=True)
         finally:
-            await self._cleanup(control_server)
+            await self._cleanup()
             lock.release(lock_fd)
         log.info("dbtkd stopped")
         self.logfile.close()
-        return 0
+        return self.exit_code
+
+    def _acquire(self) -> int:
+        """A fresh start: take the instance lock and bind the port; return the lock's fd."""
+        settings = self.settings
+        lock_fd = lock.acquire_instance_lock(settings.runtime.lock_file)
+        try:
+            last_port = state.read_port(settings.data.last_port_file)
+            self.listener = bind_listener(settings.port_range, last_port)
+        except BaseException:
+            lock.release(lock_fd)
+            raise
+        self.port = self.listener.getsockname()[1]
+        self.owns_files = True
+        return lock_fd
+
+    def _take_over(self) -> int:
+        """``--takeover``: receive lock, port and control socket from the running daemon."""
+        connection, carried, fds = handoff.request(
+            self.settings.runtime.control_socket, __version__
+        )
+        self.handoff_connection = connection
+        self.listener = socket.socket(fileno=fds["listener"])
+        self.control_listener = socket.socket(fileno=fds["control"])
+        self.port = self.listener.getsockname()[1]
+        self.token = carried["token"]
+        self.nonce = carried["nonce"]
+        self.started_at = carried["started_at"]
+        self.handed_over_from = carried.get("version")
+        grace_until = time.monotonic() + handoff.LEASE_GRACE
+        self.carried_leases = [lease | {"until": grace_until} for lease in carried["leases"]]
+        return fds["lock"]
+
+    async def _open_control(self) -> None:
+        """Serve the control socket: systemd's, the predecessor's, or a fresh one of ours."""
+        assert self.control is not None
+        runtime = self.settings.runtime
+        activated = [
+            s
+            for s in systemd.listen_sockets(self.env)
+            if s.family == getattr(socket, "AF_UNIX", None)
+        ]
+        if activated:
+            # Socket activation: systemd owns the socket file; never create or unlink it.
+            self.socket_activated = True
+            log.info("adopting the control socket passed by systemd")
+            sock: socket.socket | None = activated[0]
+        elif self.control_listener is not None:
+            sock = self.control_listener  # handed over: already bound and listening
+        else:
+            ipc.remove_stale(runtime.control_socket)
+            sock = None
+        self.control_server = await ipc.start_server(
+            runtime.control_socket, self.control.on_connect, sock=sock
+        )
 
     def _set_state(self, new_state: str) -> None:
         self.state = new_state
@@ -279,17 +328,22 @@ class Supervisor:
             self._set_state("stopping")
             self.stopping.set()
 
-    async def _cleanup(self, control_server: ipc.ControlServer | None) -> None:
+    async def _cleanup(self) -> None:
         if self.failed_server is not None:
             self.failed_server.close()
         runtime = self.settings.runtime
-        if control_server is not None:
-            control_server.close()
-            if not self.socket_activated:
+        if self.control_server is not None:
+            self.control_server.close()
+        if self.handoff_connection is not None:
+            self.handoff_connection.close()
+        # Files shared with a successor (or, after a failed takeover, with the daemon we
+        # tried to replace) are not ours to remove.
+        if self.owns_files:
+            if self.control_server is not None and not self.socket_activated:
                 with contextlib.suppress(OSError):
                     os.unlink(runtime.control_socket)
-        state.remove_if(runtime.state_file, lambda text: self.nonce in text)
-        state.remove_if(runtime.legacy_port_file, lambda text: text.strip() == str(self.port))
+            state.remove_if(runtime.state_file, lambda text: self.nonce in text)
+            state.remove_if(runtime.legacy_port_file, lambda text: text.strip() == str(self.port))
         if self.listener is not None:
             self.listener.close()
 
@@ -319,6 +373,7 @@ class Supervisor:
         worker = Worker(proc, replies)
         settings = self.settings
         config = {
+            "probe": worker.probe,
             "socket": sockshare.export_for_child(self.listener, proc.pid),
             "port": self.port,
             "allowed_origins": list(settings.allowed_origins),
@@ -376,8 +431,12 @@ class Supervisor:
                     worker.activity = message
                     worker.pong_received.set()
 
-    async def _probe_health(self) -> bool:
-        """True once ``GET /health`` on our port answers 200 (the worker serves)."""
+    async def _probe_health(self, worker: Worker) -> bool:
+        """True once ``worker`` itself answers ``GET /health`` on our port.
+
+        The probe carries the worker's nonce and only that worker echoes it: during a handoff
+        the predecessor's worker accepts on the same socket, and its answer proves nothing.
+        """
         try:
             reader, writer = await asyncio.open_connection(LOOPBACK, self.port)
         except OSError:
@@ -385,21 +444,24 @@ class Supervisor:
         try:
             writer.write(
                 f"GET /health HTTP/1.1\r\nHost: {LOOPBACK}:{self.port}\r\n"
-                "Connection: close\r\n\r\n".encode()
+                f"{PROBE_HEADER}: {worker.probe}\r\nConnection: close\r\n\r\n".encode()
             )
-            status = await reader.readline()
-            return status.split(b" ")[1:2] == [b"200"]
-        except (OSError, IndexError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").lower().split("\r\n")
+            return lines[0].split(" ")[1:2] == ["200"] and (
+                f"{PROBE_HEADER.lower()}: {worker.probe}" in lines
+            )
+        except (OSError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return False
         finally:
             writer.close()
 
-    async def _wait_ready(self, worker: Worker) -> bool:
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+    async def _wait_ready(self, worker: Worker, ready_timeout: float) -> bool:
+        deadline = time.monotonic() + ready_timeout
         exited = asyncio.ensure_future(worker.proc.wait())
         try:
             while time.monotonic() < deadline and not self.stopping.is_set():
-                probe = asyncio.ensure_future(self._probe_health())
+                probe = asyncio.ensure_future(self._probe_health(worker))
                 done, _ = await asyncio.wait(
                     {probe, exited},
                     timeout=deadline - time.monotonic(),
@@ -423,10 +485,12 @@ class Supervisor:
         backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
             worker = self.worker = await self._spawn()
-            ready = await self._wait_ready(worker)
+            taking_over = self.handoff_connection is not None
+            timeout = handoff.READY_TIMEOUT if taking_over else WORKER_READY_TIMEOUT
+            ready = await self._wait_ready(worker, timeout)
             if ready:
                 worker.ready_at = time.monotonic()
-                self._on_ready(worker)
+                await self._on_ready(worker)
                 watchdog = asyncio.ensure_future(self._watchdog(worker))
                 await worker.proc.wait()
                 watchdog.cancel()
@@ -438,12 +502,16 @@ class Supervisor:
             self.ready.clear()
             if self.stopping.is_set():
                 return
+            if taking_over and not ready:
+                self._fail_takeover(worker, timeout)
+                return
             cause = self._cause(worker, ready)
             if worker.ready_at is not None:
                 if time.monotonic() - worker.ready_at >= HEALTHY_AFTER:
                     backoff = BACKOFF_FIRST
                     self.start_failures.clear()
                 self.restarts[cause] += 1
+                self.last_cause = cause
                 log.warning("worker %d %s; restarting", worker.pid, cause)
                 self._set_state("starting")
                 continue
@@ -479,7 +547,33 @@ class Supervisor:
             return "signal"
         return "exit"
 
-    def _on_ready(self, worker: Worker) -> None:
+    def _fail_takeover(self, worker: Worker, timeout: float) -> None:
+        """Our first worker did not answer: leave everything to the daemon we meant to replace."""
+        if worker.proc.returncode is None or worker.proc.returncode == -signal.SIGKILL:
+            reason = f"the new worker did not answer within {timeout:.0f} s"
+        else:
+            reason = f"the new worker {describe_exit(worker.proc.returncode)}"
+        if worker.stderr_tail:
+            reason += f" ({worker.stderr_tail[-1][:200]})"
+        log.error("upgrade failed: %s; dbtkd %s keeps serving", reason, self.handed_over_from)
+        assert self.handoff_connection is not None
+        handoff.send_verdict(self.handoff_connection, ok=False, reason=reason)
+        self.exit_code = 1
+        self.request_stop(reason="upgrade failed")
+
+    async def _complete_takeover(self) -> None:
+        """Our worker answers: tell the predecessor to go, and serve the control socket."""
+        assert self.handoff_connection is not None
+        handoff.send_verdict(self.handoff_connection, ok=True)
+        self.handoff_connection.close()
+        self.handoff_connection = None
+        self.owns_files = True
+        await self._open_control()
+        log.info("took over from dbtkd %s (port %d, token kept)", self.handed_over_from, self.port)
+
+    async def _on_ready(self, worker: Worker) -> None:
+        if self.handoff_connection is not None:
+            await self._complete_takeover()
         self._set_state("running")
         self.error = None
         self.ready.set()
@@ -489,7 +583,7 @@ class Supervisor:
         else:
             self._write_state_file()  # worker_pid changed
             for stream in self._attach_streams():
-                stream.send("worker_restarted", worker_pid=worker.pid, cause=self._last_cause())
+                stream.send("worker_restarted", worker_pid=worker.pid, cause=self.last_cause)
         if self.restart_done is not None:
             self.restart_done.set()
             self.restart_done = None
@@ -498,9 +592,6 @@ class Supervisor:
             self.announced = True
             with contextlib.suppress(OSError, ValueError):
                 print(f"BACKEND_PORT:{self.port}", flush=True)
-
-    def _last_cause(self) -> str:
-        return next(reversed(self.restarts), "requested") if self.restarts else "requested"
 
     def _write_state_file(self) -> None:
         runtime = self.settings.runtime
@@ -574,9 +665,10 @@ class Supervisor:
 
     def _idle_seconds(self) -> float:
         """Seconds nothing has happened: no lease, request, job or control call; else 0."""
-        if self.leases:
-            return 0.0
         now = time.monotonic()
+        self.carried_leases = [c for c in self.carried_leases if c["until"] > now]
+        if self.leases or self.carried_leases:
+            return 0.0
         last = self.last_activity
         worker = self.worker
         if worker is not None and worker.activity:
@@ -718,7 +810,13 @@ class Supervisor:
             "restarts": dict(self.restarts),
             "clients": [
                 {k: v for k, v in lease.items() if k != "stream"} for lease in self.leases.values()
+            ]
+            + [
+                {"name": c["name"], "pid": c["pid"], "since": c["since"], "carried": True}
+                for c in self.carried_leases
             ],
+            "handoff_error": self.last_handoff_error,
+            "handed_over_from": self.handed_over_from,
             "control_socket": settings.runtime.control_socket,
             "home": settings.home,
             "log_file": settings.data.log_file,
@@ -811,6 +909,8 @@ class Supervisor:
             "stream": stream,
         }
         log.info("client attached: %s (pid %d)", request.args["name"], request.args["pid"])
+        # A window re-attaching after a handoff replaces the lease carried over for it.
+        self.carried_leases = [c for c in self.carried_leases if c["pid"] != request.args["pid"]]
 
         async def release() -> None:
             await stream.closed.wait()
@@ -841,11 +941,73 @@ class Supervisor:
             "log_error": self.logfile.error if self.logfile else None,
         }
 
-    async def cmd_handoff(self, request: Request, stream: Stream | None) -> dict[str, Any]:
-        raise RequestError(
-            protocol.NOT_READY,
-            "handoff is not implemented by this daemon yet; use dbtkctl stop and start",
+    async def cmd_handoff(self, request: Request, stream: Stream | None) -> Any:
+        """Hand port, control socket and lock to a newer daemon (see ``dbtkd.handoff``)."""
+        assert stream is not None
+        version = request.args["version"]
+        if sys.platform == "win32" or self.socket_activated:
+            raise RequestError(
+                protocol.INVALID_PARAMS,
+                "this daemon cannot hand over "
+                "(Windows or socket-activated); stop it and start the new one",
+            )
+        if not handoff.is_newer(version, __version__):
+            raise RequestError(
+                protocol.INVALID_PARAMS,
+                f"downgrade refused: dbtkd {__version__} is running and only a newer version "
+                f"may take over, not {version}",
+            )
+        if self.state != "running" or self.handoff_pending or self.control_server is None:
+            raise RequestError(protocol.NOT_READY, f"cannot hand over while {self.state}")
+        assert self.listener is not None
+        self.handoff_pending = True
+        carried = {
+            "token": self.token,
+            "nonce": self.nonce,
+            "port": self.port,
+            "started_at": self.started_at,
+            "version": __version__,
+            "leases": [
+                {"name": lease["name"], "pid": lease["pid"], "since": lease["since"]}
+                for lease in self.leases.values()
+            ],
+        }
+        fds = [self.listener.fileno(), self.control_server.sockets[0].fileno(), self.lock_fd]
+        connection = stream.dup_socket()
+        try:
+            handoff.send_state(connection, request.id, fds, carried, self.daemon_info())
+        finally:
+            connection.close()
+        log.info("handing over to dbtkd %s; serving until its worker answers", version)
+        stream.lines = asyncio.Queue()
+        asyncio.get_running_loop().create_task(self._await_verdict(stream, version))
+        return ALREADY_REPLIED
+
+    async def _await_verdict(self, stream: Stream, version: str) -> None:
+        verdict: dict[str, Any] = {}
+        assert stream.lines is not None
+        get = asyncio.ensure_future(stream.lines.get())
+        closed = asyncio.ensure_future(stream.closed.wait())
+        done, _ = await asyncio.wait(
+            {get, closed}, timeout=handoff.VERDICT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
+        get.cancel()
+        closed.cancel()
+        if get in done:
+            with contextlib.suppress(ValueError):
+                verdict = json.loads(get.result())
+        if verdict.get("cmd") == "handoff_done":
+            log.info("dbtkd %s took over; draining and exiting", version)
+            self.owns_files = False  # the socket, state and port files are the successor's now
+            self.stop_code = 1012  # "service restart": clients reconnect to the successor
+            for lease_stream in self._attach_streams():
+                lease_stream.send("handoff", version=version)
+            self.request_stop(reason=f"handoff to dbtkd {version}")
+            return
+        reason = verdict.get("reason") or "the new daemon gave no answer"
+        self.last_handoff_error = f"upgrade to {version} failed: {reason}"
+        log.error("%s; still serving", self.last_handoff_error)
+        self.handoff_pending = False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
 # time only.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 PR_SET_PDEATHSIG = 1
+PROBE_HEADER = b"x-dbtk-probe"  # ASGI header names are lower-case bytes
 # sysexits.h EX_CONFIG: the supervisor treats it as fatal (no retries, state ``failed``).
 EXIT_CONFIG = 78
 CLOSE_GOING_AWAY = 1001
@@ -110,6 +111,31 @@ class Orders:
             os.write(self._reply_fd, json.dumps(message).encode() + b"\n")
 
 
+class ReadinessProbe:
+    """Answers the supervisor's readiness probe, and only the one meant for this worker.
+
+    ``GET /health`` with ``X-Dbtk-Probe: <this worker's probe nonce>`` gets 200 with the nonce
+    echoed; anything else passes through untouched. The echo tells the supervisor that this
+    worker, not a predecessor sharing the listening socket, is serving.
+    """
+
+    def __init__(self, app: Any, probe: str) -> None:
+        self.app = app
+        self.expected = probe.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/health"
+            and (PROBE_HEADER, self.expected) in scope["headers"]
+        ):
+            headers = [(PROBE_HEADER, self.expected), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
 def _hypercorn_config(settings: dict[str, Any], bind: str) -> Any:
     from hypercorn.config import Config
 
@@ -172,16 +198,17 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
         await app.state.streams.close_all(code)
 
     config = _hypercorn_config(settings, bind)
+    served = ReadinessProbe(meter, settings["probe"])
     if bind:
         sock.close()  # a duplicate; Hypercorn opens fd://N itself
-        await hypercorn_serve(meter, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
     else:  # Windows: a shared socket cannot be named by a bind string
         from hypercorn.asyncio.run import worker_serve
         from hypercorn.config import Sockets
         from hypercorn.utils import wrap_app
 
         await worker_serve(
-            wrap_app(meter, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
+            wrap_app(served, config.wsgi_max_body_size, "asgi"),
             config,
             sockets=Sockets([], [sock], []),  # (secure, insecure, quic)
             shutdown_trigger=shutdown_trigger,

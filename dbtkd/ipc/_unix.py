@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotation
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Awaitable, Callable
-    from typing import Protocol
+    from typing import Any, Protocol
 
     class Channel(Protocol):
         def sendall(self, data: bytes, /) -> None: ...
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
         def close(self) -> None: ...
 
     class ControlServer(Protocol):
+        @property
+        def sockets(self) -> tuple[socket.socket, ...]: ...
         def close(self) -> None: ...
         async def wait_closed(self) -> None: ...
 
@@ -93,9 +95,16 @@ async def start_server(
             uid = -1
         await on_connect(reader, writer, uid)
 
+    # Python 3.13+ would unlink the socket file when the server closes; the supervisor
+    # decides that itself (never for systemd's socket or one shared with a successor).
+    options: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
     if sock is not None:
-        return await asyncio.start_unix_server(accepted, sock=sock, backlog=LISTEN_BACKLOG)
+        return await asyncio.start_unix_server(
+            accepted, sock=sock, backlog=LISTEN_BACKLOG, **options
+        )
     os.makedirs(os.path.dirname(address), mode=0o700, exist_ok=True)
-    server = await asyncio.start_unix_server(accepted, path=address, backlog=LISTEN_BACKLOG)
+    server = await asyncio.start_unix_server(
+        accepted, path=address, backlog=LISTEN_BACKLOG, **options
+    )
     os.chmod(address, 0o600)
     return server

@@ -240,3 +240,59 @@ def _port(client: Client) -> dict[str, Any]:
             raise start_failure(client.runtime, str(exc)) from None
         raise
     return result
+
+
+def upgrade_if_older(
+    client: Client, result: dict[str, Any], *, allow_development: bool
+) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """If the running daemon is older than this client, hand it over to our version.
+
+    Returns the ``port`` result to use and ``{from, to}`` when a handoff happened. A newer or
+    equal daemon is used as it is (the protocol already matched). Development builds hand
+    over only when asked (``--takeover``). A failed upgrade leaves the old daemon serving; the
+    reason goes to stderr and the old daemon's result is returned.
+    """
+    from dbtkd import __version__, handoff
+
+    running = str(result.get("version"))
+    if running == __version__ or not handoff.is_newer(__version__, running):
+        return result, None
+    if not allow_development and (
+        handoff.is_development(__version__) or handoff.is_development(running)
+    ):
+        print(
+            f"dbtkctl: dbtkd {running} is running and this is {__version__}, a development "
+            "build: pass --takeover to upgrade it",
+            file=sys.stderr,
+        )
+        return result, None
+    if sys.platform == "win32":
+        print(
+            f"dbtkctl: dbtkd {running} is running; on Windows an upgrade is a restart: "
+            "dbtkctl stop, then dbtkctl start",
+            file=sys.stderr,
+        )
+        return result, None
+    status = client.call("status")
+    extra = ["--takeover"]
+    if status.get("idle_exit") is not None:
+        extra += ["--idle-exit", str(status["idle_exit"])]
+    proc = spawn_daemon(client.runtime, extra)
+    deadline = time.monotonic() + handoff.VERDICT_TIMEOUT + 5
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        try:
+            hello = client.call("hello")
+        except NotRunning:
+            hello = {}
+        if hello.get("pid") == proc.pid and hello.get("state") == "running":
+            return _port(client), {"from": running, "to": __version__}
+        if code is not None:
+            break
+        time.sleep(SPAWN_POLL)
+    try:
+        reason = client.call("status").get("handoff_error") or "see dbtkctl logs"
+    except DbtkError:
+        reason = "see dbtkctl logs"
+    print(f"dbtkctl: upgrade failed: {reason}; still using dbtkd {running}", file=sys.stderr)
+    return _port(client), None

@@ -15,7 +15,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from dbtkctl.client import Client, ensure_running
+from dbtkctl.client import Client, ensure_running, upgrade_if_older
 from dbtkd import __version__, paths, protocol
 from dbtkd.errors import DaemonError, DbtkError, NotRunning
 
@@ -80,7 +80,9 @@ def _warn_if_settings_differ(args: argparse.Namespace | SimpleNamespace, client:
             )
 
 
-def _port_document(result: dict[str, Any], started: bool) -> dict[str, Any]:
+def _port_document(
+    result: dict[str, Any], started: bool, handoff: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "port": result["port"],
         "url": result["url"],
@@ -88,24 +90,28 @@ def _port_document(result: dict[str, Any], started: bool) -> dict[str, Any]:
         "pid": result["pid"],
         "version": result["version"],
         "started": started,
-        "handoff": result.get("handoff"),
+        "handoff": handoff,
     }
 
 
 def _running_port(args: argparse.Namespace | SimpleNamespace) -> tuple[dict[str, Any], bool]:
     client = _client(args)
+    args.handoff = None
     if getattr(args, "no_start", False):
         return client.call("port"), False
     result, started = ensure_running(client, _spawn_args(args))
     if not started:
         _warn_if_settings_differ(args, client)
+        result, args.handoff = upgrade_if_older(
+            client, result, allow_development=getattr(args, "takeover", False)
+        )
     return result, started
 
 
 def do_port(args: argparse.Namespace | SimpleNamespace) -> int:
     result, started = _running_port(args)
     if args.json:
-        print(json.dumps(_port_document(result, started)))
+        print(json.dumps(_port_document(result, started, args.handoff)))
     else:
         print(result["port"])
     return 0
@@ -129,7 +135,7 @@ def do_start(args: argparse.Namespace | SimpleNamespace) -> int:
     verb = "started" if started else "already running"
     _emit(
         args,
-        _port_document(result, started) | {"token": None},
+        _port_document(result, started, args.handoff) | {"token": None},
         f"dbtkd {verb}: pid {result['pid']}, {result['url']}",
     )
     return 0
@@ -151,6 +157,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
+    unit = _waiting_socket_unit(args)
+    if unit is not None:
+        _emit(
+            args,
+            {"stopped": False, "was_running": False, "socket_unit": unit},
+            f"dbtkd is not running; the login item ({unit}) starts it again on first use",
+        )
+        return 0
     client = _client(args)
     try:
         status = client.call("status")
@@ -164,7 +178,15 @@ def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
         if time.monotonic() > deadline:
             raise DbtkError(f"dbtkd (pid {pid}) did not exit; see dbtkctl logs")
         time.sleep(0.01)
-    _emit(args, {"stopped": True, "was_running": True, "pid": pid}, f"dbtkd stopped (pid {pid})")
+    from dbtkctl.service.activation import socket_unit
+
+    unit = socket_unit(paths.runtime_paths(home=args.home))
+    note = f"; the login item ({unit}) starts it again on first use" if unit else ""
+    _emit(
+        args,
+        {"stopped": True, "was_running": True, "pid": pid, "socket_unit": unit},
+        f"dbtkd stopped (pid {pid}){note}",
+    )
     return 0
 
 
@@ -210,6 +232,7 @@ def _format_status(status: dict[str, Any]) -> str:
         f"  url          {status['url']}",
         f"  uptime       {status['uptime']:.0f} s",
         f"  restarts     {restarts}",
+        f"  memory       {_format_processes(status.get('processes') or {})}",
         f"  clients      {clients}",
         f"  idle exit    {status['idle_exit'] or 'off'}",
         f"  control      {status['control_socket']}",
@@ -218,6 +241,8 @@ def _format_status(status: dict[str, Any]) -> str:
         f"  data         {status['data_dir']}",
         f"  config       {status['config_file']}",
     ]
+    if status.get("log_error"):
+        lines.insert(1, f"  log problem  {status['log_error']}")
     error = status.get("error")
     if error:
         lines.insert(1, f"  reason       {error['reason']}")
@@ -226,7 +251,31 @@ def _format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_processes(processes: dict[str, Any]) -> str:
+    parts = []
+    total_pss = 0
+    for name, stats in processes.items():
+        pss, cpu = stats.get("pss_bytes"), stats.get("cpu_seconds")
+        if pss is None:
+            continue
+        total_pss += pss
+        parts.append(f"{name} {pss / 2**20:.1f} MiB PSS, {cpu or 0:.2f} s CPU")
+    if not parts:
+        return "unknown"
+    return f"{total_pss / 2**20:.1f} MiB PSS in all ({'; '.join(parts)})"
+
+
 def do_status(args: argparse.Namespace | SimpleNamespace) -> int:
+    unit = _waiting_socket_unit(args)
+    if unit is not None:
+        status = _stopped_status(args) | {"socket_activated": True, "socket_unit": unit}
+        _emit(
+            args,
+            status,
+            f"dbtkd stopped (socket-activated): {unit} starts it on first use\n"
+            f"  log: {status['log_file']}",
+        )
+        return NotRunning.exit_code
     try:
         status = _client(args).call("status")
     except NotRunning:
@@ -293,10 +342,19 @@ def do_version(args: argparse.Namespace | SimpleNamespace) -> int:
 
 
 def do_service(args: argparse.Namespace | SimpleNamespace) -> int:
-    raise DbtkError(
-        "login items are not available in this build yet "
-        "(dbtkctl service arrives with the service/ templates)"
-    )
+    from dbtkctl.service.installer import command
+
+    return command(args.action, home=args.home, dry_run=args.dry_run, json_output=args.json)
+
+
+def _waiting_socket_unit(args: argparse.Namespace | SimpleNamespace) -> str | None:
+    """The systemd socket unit holding the control socket while no daemon runs, if any.
+
+    Connecting would start the daemon, so ``status`` and ``stop`` look at files instead.
+    """
+    from dbtkctl.service.activation import waiting_socket_unit
+
+    return waiting_socket_unit(paths.runtime_paths(home=args.home))
 
 
 def _fast_args(argv: list[str]) -> SimpleNamespace | None:
@@ -307,7 +365,13 @@ def _fast_args(argv: list[str]) -> SimpleNamespace | None:
     other command line, including every error, goes to the full parser.
     """
     args = SimpleNamespace(
-        verb=None, home=None, json=False, no_start=False, port_range=None, idle_exit=None
+        verb=None,
+        home=None,
+        json=False,
+        no_start=False,
+        port_range=None,
+        idle_exit=None,
+        takeover=False,
     )
     items = iter(argv)
     for item in items:
@@ -346,6 +410,11 @@ def _parser() -> argparse.ArgumentParser:
     spawn = argparse.ArgumentParser(add_help=False)
     spawn.add_argument("--port-range", help="for a daemon started here: A-B or 0")
     spawn.add_argument("--idle-exit", help="for a daemon started here: seconds (default 600)")
+    spawn.add_argument(
+        "--takeover",
+        action="store_true",
+        help="upgrade an older running daemon even if either version is a development build",
+    )
 
     parser = argparse.ArgumentParser(
         prog="dbtkctl",

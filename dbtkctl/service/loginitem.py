@@ -11,7 +11,6 @@ absolute path of the ``dbtkd`` executable that sits next to this interpreter or 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -19,17 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dbtkctl.service.activation import profile_suffix
 from dbtkctl.service.plan import ServiceError, Step
 
 # ``${name}`` only, so a literal ``$VAR`` or ``%t`` in a template's comments stays as it is.
 PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 SERVICE_DIR_NAME = "service"
-
-
-def profile_id(home: str) -> str:
-    """12 hex digits naming a profile, the same digest the Windows pipe name uses."""
-    real = os.path.normcase(os.path.realpath(home))
-    return hashlib.sha256(real.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ class Target:
     @property
     def suffix(self) -> str:
         """``""`` for the default profile, ``"-<12 hex>"`` for a ``--home`` profile."""
-        return "" if self.home is None else "-" + profile_id(self.home)
+        return profile_suffix(self.home)
 
     @property
     def profile_note(self) -> str:
@@ -76,7 +70,7 @@ class State:
 
 
 class LoginItem:
-    """One OS's login item for one ``Target``; subclasses implement the five methods."""
+    """One OS's login item for one ``Target``; subclasses fill in what raises here."""
 
     kind = "abstract"
     # Whether install stops a daemon started on demand so that the login item's own starts

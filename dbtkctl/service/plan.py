@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbtkctl.service import oscmd
+from dbtkctl.service.activation import pid_alive
 from dbtkd.errors import DbtkError, NotRunning
 from dbtkd.paths import RuntimePaths
 
@@ -187,19 +188,6 @@ def _write_atomic(path: str, content: bytes, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists. Never signals on Windows, where ``os.kill`` terminates."""
-    if os.name == "nt":
-        return True  # the state file's owner removes it on stop; its presence is the signal
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop_daemon(step: StopDaemon) -> None:

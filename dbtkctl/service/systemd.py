@@ -12,9 +12,9 @@ client that connects while the daemon is stopped starts it; the service is also 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from dbtkctl.service import oscmd
+from dbtkctl.service.activation import UNIT_BASENAME, unit_dir
 from dbtkctl.service.loginitem import (
     LoginItem,
     State,
@@ -22,14 +22,15 @@ from dbtkctl.service.loginitem import (
     reject_control_characters,
     render,
 )
-from dbtkctl.service.plan import RemoveFile, RunCommand, Step
+from dbtkctl.service.plan import RemoveFile, RunCommand, ServiceError, Step
 from dbtkd import paths
 
-UNIT_BASENAME = "dbtkd"
 # The default profile's socket, written with the specifier systemd expands to the runtime dir,
 # so the unit stays right if that directory moves.
 DEFAULT_LISTEN_STREAM = "%t/db-toolkit/dbtkd.sock"
 SYSTEMCTL = ("systemctl", "--user")
+# systemd rejects these in an executable's name ("contains special characters").
+EXECUTABLE_REFUSED = ("'", '"', "\\")
 SHOWN_PROPERTIES = "Id,LoadState,UnitFileState,ActiveState,SubState,MainPID"
 SERVICE_WANTED_BY = "default.target.wants"
 SOCKET_WANTED_BY = "sockets.target.wants"
@@ -40,19 +41,12 @@ def escape_specifiers(value: str) -> str:
 
 
 def quote_word(value: str, *, expand_dollar: bool) -> str:
-    """One double-quoted word: C escapes for ``\\`` and ``"``, ``%%``, and ``$$`` in Exec lines."""
+    """One double-quoted word: C escapes for ``\\`` and ``"``, ``%%``; ``$$`` where expanded."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     escaped = escape_specifiers(escaped)
     if expand_dollar:
         escaped = escaped.replace("$", "$$")
     return f'"{escaped}"'
-
-
-def unit_dir(env: Any, user_home: str) -> str:
-    config = env.get("XDG_CONFIG_HOME")
-    if not config or not os.path.isabs(config):
-        config = os.path.join(user_home, ".config")
-    return os.path.join(config, "systemd", "user")
 
 
 class SystemdUnits(LoginItem):
@@ -118,6 +112,11 @@ class SystemdUnits(LoginItem):
         argv = target.daemon_args(with_home=False)  # DBTK_HOME comes from Environment=
         for arg in argv:
             reject_control_characters(arg, "argument")
+        if any(ch in argv[0] for ch in EXECUTABLE_REFUSED):
+            raise ServiceError(
+                f"systemd refuses to start a program whose path contains ' \" or \\: "
+                f"{argv[0]}; install DB Toolkit in another directory"
+            )
         environment = ""
         if target.home is not None:
             reject_control_characters(target.home, "home")
@@ -131,7 +130,13 @@ class SystemdUnits(LoginItem):
                 "profile_note": note,
                 "socket_unit": self.socket_name,
                 "environment": environment,
-                "exec_start": " ".join(quote_word(arg, expand_dollar=True) for arg in argv),
+                "exec_start": " ".join(
+                    [
+                        # The program path is never variable-expanded, so its $ stays single.
+                        quote_word(argv[0], expand_dollar=False),
+                        *(quote_word(arg, expand_dollar=True) for arg in argv[1:]),
+                    ]
+                ),
             },
         )
         socket = render(

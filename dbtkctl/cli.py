@@ -15,7 +15,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from dbtkctl.client import Client, ensure_running, upgrade_if_older
+from dbtkctl.client import Client, ensure_running, pid_alive, upgrade_if_older
 from dbtkd import __version__, paths, protocol
 from dbtkd.errors import DaemonError, DbtkError, NotRunning
 
@@ -141,21 +141,6 @@ def do_start(args: argparse.Namespace | SimpleNamespace) -> int:
     return 0
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) has exited."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            return file.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we know
-
-
 def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
     unit = _waiting_socket_unit(args)
     if unit is not None:
@@ -174,7 +159,7 @@ def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
     pid = status["pid"]
     client.call("stop", timeout=args.timeout, wait=args.wait)
     deadline = time.monotonic() + args.timeout + STOP_EXIT_GRACE
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise DbtkError(f"dbtkd (pid {pid}) did not exit; see dbtkctl logs")
         time.sleep(0.01)

@@ -33,7 +33,7 @@ from typing import Any
 
 from dbtkd import __version__, handoff, ipc, lock, procstats, protocol, sockshare, state, systemd
 from dbtkd.control import ALREADY_REPLIED, ControlServer, Stream
-from dbtkd.errors import DbtkError, PortRangeExhausted, StartFailed
+from dbtkd.errors import ConfigError, DbtkError, PortRangeExhausted, StartFailed
 from dbtkd.logfile import LogFile, tail
 from dbtkd.protocol import Request, RequestError
 from dbtkd.settings import Settings
@@ -254,6 +254,9 @@ class Supervisor:
                 await self._stop_worker(code=self.stop_code)
                 supervise.cancel()
                 await asyncio.gather(supervise, keepalive, idle, return_exceptions=True)
+        except DbtkError as exc:
+            log.error("%s", exc)  # a detached daemon's stderr is /dev/null: the log is all
+            raise
         finally:
             await self._cleanup()
             lock.release(lock_fd)
@@ -303,6 +306,14 @@ class Supervisor:
         ]
         if activated:
             # Socket activation: systemd owns the socket file; never create or unlink it.
+            passed = activated[0].getsockname()
+            if passed != runtime.control_socket:
+                # Serving another profile's socket would hide this one's daemon from clients.
+                raise ConfigError(
+                    f"systemd passed the control socket {passed!r}, but this profile's is "
+                    f"{runtime.control_socket!r}; set DBTK_HOME (or --home) in the unit to "
+                    "match its ListenStream="
+                )
             self.socket_activated = True
             log.info("adopting the control socket passed by systemd")
             sock: socket.socket | None = activated[0]

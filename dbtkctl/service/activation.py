@@ -15,6 +15,8 @@ import os
 import stat
 import sys
 
+from dbtkctl.client import pid_alive
+
 TYPE_CHECKING = False  # importing typing costs status and stop ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -45,24 +47,6 @@ def unit_dir(env: Mapping[str, str], user_home: str) -> str:
     if not config or not os.path.isabs(config):
         config = os.path.join(user_home, ".config")
     return os.path.join(config, "systemd", "user")
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists. Never signals on Windows, where ``os.kill`` terminates."""
-    if os.name == "nt":
-        return True  # the state file's owner removes it on stop; its presence is the signal
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited; only its parent (a test, an Electron window) has yet to reap it.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as file:
-            return file.read().rpartition(") ")[2][:1] != "Z"
-    except OSError:
-        return True
 
 
 def running_daemon(runtime: RuntimePaths) -> dict[str, Any] | None:

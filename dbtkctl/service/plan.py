@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dbtkctl.client import pid_alive
 from dbtkctl.service import oscmd
-from dbtkctl.service.activation import pid_alive
 from dbtkd.errors import DbtkError, NotRunning
 from dbtkd.paths import RuntimePaths
 

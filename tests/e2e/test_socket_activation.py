@@ -270,3 +270,28 @@ def test_a_socket_unit_restarts_the_daemon_on_use_after_dbtkctl_stop(
     assert health(int(second.out)) == 200
     running = run_ctl(home, "status", "--json", env=env).json()
     assert (running["state"], running["pid"]) == ("running", second_pid)
+
+
+def test_a_passed_socket_of_another_profile_is_refused_not_served(
+    home: Path, tmp_path: Path, reaper: ProcessReaper
+) -> None:
+    tool = require_tool("systemd-socket-activate")
+    path = control_socket(home)
+    other = tmp_path / "other-profile"
+    activator = subprocess.Popen(
+        [tool, "-l", str(path), "-E", f"DBTK_HOME={other}", DBTKD, "--port-range", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reaper.procs.append(activator)
+    assert activator.stderr is not None
+    assert select.select([activator.stderr], [], [], 30)[0], "systemd-socket-activate is silent"
+    assert activator.stderr.readline().startswith(f"Listening on {path}")
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))  # connecting makes it start dbtkd
+        assert activator.wait(timeout=30) == 2
+    assert f"this profile's is '{other}/run/dbtkd.sock'" in activator.stderr.read()
+    assert "set DBTK_HOME" in (other / "logs" / "dbtkd.log").read_text()
+    assert read_state(other) is None

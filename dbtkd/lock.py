@@ -13,6 +13,7 @@ import sys
 import time
 
 from dbtkd.errors import AlreadyRunning
+from dbtkd.paths import ensure_private_dir
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -36,7 +37,7 @@ else:
 
 
 def _open(path: str) -> int:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    ensure_private_dir(os.path.dirname(path))
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
 

@@ -248,12 +248,21 @@ def data_paths(env: Mapping[str, str] | None = None, home: str | None = None) ->
 
 
 def ensure_private_dir(path: str) -> None:
-    """Create ``path`` (and parents) as 0700 and refuse one that is a symlink or not ours."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.lstat(path)
+    """Create ``path`` (and parents) as 0700; refuse one that is a symlink or not ours.
+
+    The runtime dir may live in a shared temp dir, where anyone could have planted a symlink
+    or a directory of their own under the name we use: both are refused, never followed.
+    """
+    from dbtkd.errors import StartFailed
+
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StartFailed(f"cannot create {path}: {exc.strerror or exc}") from exc
     if not stat.S_ISDIR(st.st_mode):
-        raise PermissionError(f"{path} is not a directory (a symlink?); remove it and retry")
+        raise StartFailed(f"{path} is not a directory (a symlink?); remove it and retry")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to us; remove it")
+        raise StartFailed(f"{path} belongs to uid {st.st_uid}, not to us; remove it and retry")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)

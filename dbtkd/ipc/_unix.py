@@ -102,7 +102,9 @@ async def start_server(
         return await asyncio.start_unix_server(
             accepted, sock=sock, backlog=LISTEN_BACKLOG, **options
         )
-    os.makedirs(os.path.dirname(address), mode=0o700, exist_ok=True)
+    from dbtkd.paths import ensure_private_dir
+
+    ensure_private_dir(os.path.dirname(address))
     server = await asyncio.start_unix_server(
         accepted, path=address, backlog=LISTEN_BACKLOG, **options
     )

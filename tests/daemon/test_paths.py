@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dbtkd import paths
+from dbtkd.errors import StartFailed
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "paths.json"
 CASES = json.loads(FIXTURE.read_text())["cases"]
@@ -67,7 +68,7 @@ def test_ensure_private_dir_tightens_the_mode_and_refuses_a_symlink(tmp_path: Pa
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
     link = tmp_path / "evil"
     link.symlink_to(target)
-    with pytest.raises(PermissionError):
+    with pytest.raises(StartFailed, match="not a directory"):
         paths.ensure_private_dir(str(link))
 
 

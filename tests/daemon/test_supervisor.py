@@ -310,3 +310,29 @@ def test_a_home_too_long_for_a_socket_path_moves_only_the_socket(
     daemon.ctl("stop")
     daemon.proc.wait(timeout=10)
     assert not Path(sock).exists()
+
+
+def test_a_symlink_planted_at_the_temp_socket_directory_is_refused_not_followed(
+    tmp_path: Path, reaper: ProcessReaper
+) -> None:
+    home = tmp_path / ("h" * 90)  # long enough that the socket moves to the temp dir
+    home.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir(mode=0o777)
+    planted = temp / f"dbtk-{os.getuid()}"
+    planted.symlink_to(elsewhere)
+    proc = subprocess.run(
+        [DBTKD, "--port-range", "0"],
+        env=env_for(home, TMPDIR=str(temp)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 4
+    assert f"{planted} is not a directory (a symlink?)" in proc.stderr
+    assert list(elsewhere.iterdir()) == []
+    result = run_ctl(home, "port", env=env_for(home, TMPDIR=str(temp)))
+    assert result.code == 4
+    assert "is not a directory (a symlink?)" in result.err

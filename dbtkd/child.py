@@ -1,0 +1,281 @@
+"""The worker process as the supervisor sees it: spawn, pipes, readiness, watchdog, stop.
+
+``Worker.start`` spawns ``dbtkd _worker`` in its own process group with the listening socket,
+writes the token and settings lines on its stdin, and starts two pumps: its stderr (and
+stdout) into the supervisor's log, and its reply pipe (pongs) into ``activity``. The
+supervisor decides what to do when a worker is ready, silent or gone; this module only knows
+how to find out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dbtkd import sockshare
+
+SECONDS = 1.0
+LOOPBACK = "127.0.0.1"
+READY_PROBE_INTERVAL = 0.01 * SECONDS  # a worker starts in ~0.15 s; poll finely
+STDERR_LINES_KEPT = 20  # the tail shown with a failure
+DUMP_WAIT = 1 * SECONDS  # time for faulthandler to write a stack dump before the kill
+# Pings double as the worker's activity report for idle exit, so they run at least once a
+# second; the watchdog timeout decides when silence means hung.
+PING_INTERVAL_MAX = 1 * SECONDS
+PROBE_HEADER = "X-Dbtk-Probe"
+# systemd hands these to the process it starts; they are the supervisor's, never the worker's.
+STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+
+log = logging.getLogger("dbtkd.supervisor")
+
+
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment for the worker: no systemd hand-over variables, nothing secret."""
+    clean = {k: v for k, v in env.items() if not k.startswith(STRIPPED_ENV_PREFIXES)}
+    clean["PYTHONUNBUFFERED"] = "1"
+    return clean
+
+
+def worker_argv(reply_fd: int) -> list[str]:
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "_worker", "--reply-fd", str(reply_fd)]
+    return [sys.executable, "-m", "dbtkd", "_worker", "--reply-fd", str(reply_fd)]
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class Worker:
+    """One worker process and its pipes; owned by the supervisor, which must ``stop`` or
+    ``kill`` it and then await ``proc.wait()`` and the ``pumps``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, replies: asyncio.StreamReader) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.replies = replies
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self.last_pong = time.monotonic()
+        self.activity: dict[str, Any] = {}  # the last pong: idle_for, in_flight, jobs
+        self.pong_received = asyncio.Event()  # set by each pong; cleared by whoever waits
+        self.probe_nonce = secrets.token_hex(8)  # echoed only by this worker's readiness probe
+        self.stop_requested = False
+        self.killed_by_watchdog = False
+        self.pumps: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def start(
+        cls, listener: socket.socket, env: dict[str, str], token: str, settings: dict[str, Any]
+    ) -> Worker:
+        """Spawn a worker serving ``listener``; ``settings`` becomes its second stdin line."""
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *worker_argv(write_fd),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=child_environment(env),
+                pass_fds=(write_fd, *sockshare.spawn_kwargs(listener).get("pass_fds", ())),
+                process_group=0,
+                cwd="/" if sys.platform != "win32" else None,
+            )
+        finally:
+            os.close(write_fd)
+        loop = asyncio.get_running_loop()
+        replies = asyncio.StreamReader()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(replies), os.fdopen(read_fd, "rb")
+        )
+        worker = cls(proc, replies)
+        handshake = settings | {
+            "probe": worker.probe_nonce,
+            "socket": sockshare.export_for_child(listener, proc.pid),
+        }
+        assert proc.stdin is not None
+        proc.stdin.write(token.encode() + b"\n" + json.dumps(handshake).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        worker.pumps = [
+            loop.create_task(worker._pump_output()),
+            loop.create_task(worker._pump_replies()),
+        ]
+        log.info("worker %d started", worker.pid)
+        return worker
+
+    async def _pump_output(self) -> None:
+        assert self.proc.stdout is not None
+        wlog = logging.getLogger(f"dbtkd.worker[{self.pid}]")
+        while True:
+            try:
+                raw = await self.proc.stdout.readline()
+            except ValueError:  # a line over the stream limit: log what we have
+                raw = await self.proc.stdout.read(64 * 1024)
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.stderr_tail.append(line)
+            wlog.info("%s", line)
+
+    async def _pump_replies(self) -> None:
+        while line := await self.replies.readline():
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if message.get("op") == "pong":
+                    self.last_pong = time.monotonic()
+                    self.activity = message
+                    self.pong_received.set()
+
+    def order(self, op: str, **fields: Any) -> None:
+        if self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+
+    def kill(self) -> None:
+        # The worker leads its own process group; killing the group also reaps any helper it
+        # started (dump tools, shells) instead of orphaning them.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    async def stop(self, code: int, grace: float) -> None:
+        """Order a stop (WebSockets close with ``code``); kill after ``grace`` seconds."""
+        if self.proc.returncode is not None:
+            return
+        self.stop_requested = True
+        self.order("stop", code=code)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            log.warning("worker %d did not stop in %.0f s; killing it", self.pid, grace)
+            self.kill()
+            await self.proc.wait()
+
+    def cause(self) -> str:
+        """Why the worker ended, as counted in ``restarts``."""
+        if self.stop_requested:
+            return "requested"
+        if self.killed_by_watchdog:
+            return "watchdog"
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            return "signal"
+        return "exit"
+
+    async def probe(self, port: int) -> bool:
+        """True once this worker itself answers ``GET /health`` on ``port``.
+
+        The probe carries this worker's nonce and only this worker echoes it: during a
+        handoff the predecessor's worker accepts on the same socket, and its answer proves
+        nothing.
+        """
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        except OSError:
+            return False
+        try:
+            writer.write(
+                f"GET /health HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+                f"{PROBE_HEADER}: {self.probe_nonce}\r\nConnection: close\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").lower().split("\r\n")
+            return lines[0].split(" ")[1:2] == ["200"] and (
+                f"{PROBE_HEADER.lower()}: {self.probe_nonce}" in lines
+            )
+        except (OSError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return False
+        finally:
+            writer.close()
+
+    async def wait_ready(self, port: int, within: float, stopping: asyncio.Event) -> bool:
+        """Probe until the worker answers (True), exits, times out or we stop (False)."""
+        deadline = time.monotonic() + within
+        exited = asyncio.ensure_future(self.proc.wait())
+        try:
+            while time.monotonic() < deadline and not stopping.is_set():
+                probe = asyncio.ensure_future(self.probe(port))
+                done, _ = await asyncio.wait(
+                    {probe, exited},
+                    timeout=deadline - time.monotonic(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if exited in done:
+                    probe.cancel()
+                    return False
+                if probe in done and probe.result():
+                    return True
+                if probe not in done:
+                    probe.cancel()
+                    break
+                await asyncio.sleep(READY_PROBE_INTERVAL)
+            return False
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    async def watchdog(self, silence_limit: float, view: Callable[[], dict[str, Any]]) -> None:
+        """Ping until the worker exits; silence for ``silence_limit`` s: a dump, then a kill.
+
+        Each ping carries ``view()`` (what the worker's ``/metrics`` needs from us).
+        """
+        interval = min(silence_limit / 4, PING_INTERVAL_MAX)
+        seq = 0
+        self.last_pong = time.monotonic()
+        while self.proc.returncode is None:
+            seq += 1
+            self.order("ping", seq=seq, view=view())
+            await asyncio.sleep(interval)
+            silent = time.monotonic() - self.last_pong
+            if silent < silence_limit or self.proc.returncode is not None:
+                continue
+            log.error(
+                "worker %d unresponsive for %.1f s; requesting a stack dump", self.pid, silent
+            )
+            lines_before = len(self.stderr_tail)
+            last_before = self.stderr_tail[-1] if self.stderr_tail else None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)
+            await asyncio.sleep(DUMP_WAIT)
+            last_after = self.stderr_tail[-1] if self.stderr_tail else None
+            if len(self.stderr_tail) == lines_before and last_after == last_before:
+                log.error(
+                    "worker %d wrote no stack dump (stopped or blocked in the kernel); "
+                    "no stack dump was possible",
+                    self.pid,
+                )
+            log.error("killing unresponsive worker %d", self.pid)
+            self.killed_by_watchdog = True
+            self.kill()
+            return
+
+    async def fresh_activity(self, view: dict[str, Any], wait_at_most: float) -> None:
+        """Ping now and wait (``wait_at_most`` s) for the pong, so ``activity`` is current."""
+        if self.proc.returncode is not None:
+            return
+        self.pong_received.clear()
+        self.order("ping", seq=0, view=view)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.pong_received.wait(), wait_at_most)

@@ -1,0 +1,280 @@
+"""The control commands: one ``cmd_<name>`` method per protocol v1 command.
+
+``ControlServer`` dispatches each decoded request here, so an unknown command is a reply, not
+a crash. The commands read and steer the supervisor they are given (``daemon``); the state
+they touch (leases, restarts, the worker) stays the supervisor's. The old side of a version
+handoff lives here too: it is a conversation on one control connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from dbtkd import __version__, handoff, protocol
+from dbtkd.control import ALREADY_REPLIED, Stream
+from dbtkd.logfile import tail
+from dbtkd.protocol import Request, RequestError
+
+if TYPE_CHECKING:
+    from dbtkd.supervisor import Supervisor
+
+SECONDS = 1.0
+WORKER_READY_TIMEOUT = 30 * SECONDS  # how long ``port`` and ``restart`` wait for a worker
+MAX_LOG_LINES = 10_000
+
+log = logging.getLogger("dbtkd.supervisor")
+
+
+class ControlCommands:
+    """The handler ``ControlServer`` dispatches to, on behalf of one supervisor."""
+
+    def __init__(self, daemon: Supervisor) -> None:
+        self.daemon = daemon
+        self._lease_ids = 0
+
+    def daemon_info(self) -> dict[str, Any]:
+        return self.daemon.daemon_info()
+
+    def touch(self) -> None:
+        self.daemon.touch()
+
+    async def cmd_hello(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "state": self.daemon.state,
+        }
+
+    async def cmd_status(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        settings = self.daemon.settings
+        return {
+            "state": self.daemon.state,
+            "error": self.daemon.error,
+            "pid": os.getpid(),
+            "worker_pid": self.daemon.worker.pid if self.daemon.worker else None,
+            "port": self.daemon.port,
+            "url": self.daemon.url,
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "started_at": self.daemon.started_at,
+            "uptime": round(time.time() - self.daemon.started_at, 3),
+            "restarts": dict(self.daemon.restarts),
+            "clients": [
+                {k: v for k, v in lease.items() if k != "stream"}
+                for lease in self.daemon.leases.values()
+            ]
+            + [
+                {"name": c["name"], "pid": c["pid"], "since": c["since"], "carried": True}
+                for c in self.daemon.carried_leases
+            ],
+            "handoff_error": self.daemon.last_handoff_error,
+            "handed_over_from": self.daemon.handed_over_from,
+            "control_socket": settings.runtime.control_socket,
+            "home": settings.home,
+            "log_file": settings.data.log_file,
+            "data_dir": settings.data.data_dir,
+            "config_file": settings.data.config_file,
+            "idle_exit": settings.idle_exit,
+            "processes": self.daemon.processes(),
+            "log_error": self.daemon.logfile.error if self.daemon.logfile else None,
+            "port_range": settings.port_range_text(),
+            "watchdog_timeout": settings.watchdog_timeout,
+        }
+
+    async def _require_ready(self) -> None:
+        if self.daemon.state == "failed":
+            raise RequestError(
+                protocol.NOT_READY,
+                f"daemon failed: {self.daemon.error['reason']}"
+                if self.daemon.error
+                else "daemon failed",
+            )
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        while self.daemon.state not in ("running", "failed"):
+            try:
+                await asyncio.wait_for(
+                    self.daemon.state_changed.wait(), deadline - time.monotonic()
+                )
+            except TimeoutError:
+                raise RequestError(protocol.NOT_READY, "the worker is not ready yet") from None
+        if self.daemon.state == "failed":
+            return await self._require_ready()
+
+    async def cmd_port(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        await self._require_ready()
+        return {
+            "port": self.daemon.port,
+            "url": self.daemon.url,
+            "token": self.daemon.token,
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+
+    async def cmd_stop(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        # Reply first; the run loop stops the worker and removes our files afterwards.
+        asyncio.get_running_loop().call_soon(self.daemon.request_stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def cmd_restart(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        done = self.daemon.restart_done = asyncio.Event()
+        if self.daemon.state == "failed":
+            log.info("restart requested: leaving state failed")
+            self.daemon.resume.set()
+        else:
+            log.info("restart requested")
+            await self.daemon.stop_worker(code=1012)
+        try:
+            await asyncio.wait_for(done.wait(), WORKER_READY_TIMEOUT)
+        except TimeoutError:
+            raise RequestError(
+                protocol.NOT_READY, "the new worker did not become ready; see dbtkctl status"
+            ) from None
+        assert self.daemon.worker is not None
+        return {"worker_pid": self.daemon.worker.pid, "port": self.daemon.port}
+
+    async def cmd_logs(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        lines = request.args.get("lines", 50)
+        if lines < 0:
+            raise RequestError(protocol.INVALID_PARAMS, "logs: 'lines' must be >= 0")
+        backlog = tail(self.daemon.settings.data.log_file, min(lines, MAX_LOG_LINES))
+        if stream is not None:
+            assert self.daemon.logfile is not None
+            logfile = self.daemon.logfile
+
+            def follower(line: str) -> None:
+                stream.send("log", line=line)
+
+            logfile.follow(follower)
+
+            async def unfollow() -> None:
+                await stream.closed.wait()
+                logfile.unfollow(follower)
+
+            asyncio.get_running_loop().create_task(unfollow())
+        return {"lines": backlog, "log_file": self.daemon.settings.data.log_file}
+
+    async def cmd_attach(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        assert stream is not None
+        self._lease_ids += 1
+        lease_id = self._lease_ids
+        self.daemon.leases[lease_id] = {
+            "id": lease_id,
+            "name": request.args["name"],
+            "pid": request.args["pid"],
+            "since": time.time(),
+            "stream": stream,
+        }
+        log.info("client attached: %s (pid %d)", request.args["name"], request.args["pid"])
+        # A window re-attaching after a handoff replaces the lease carried over for it.
+        self.daemon.carried_leases = [
+            c for c in self.daemon.carried_leases if c["pid"] != request.args["pid"]
+        ]
+
+        async def release() -> None:
+            await stream.closed.wait()
+            lease = self.daemon.leases.pop(lease_id, None)
+            self.touch()
+            if lease is not None:
+                log.info("client detached: %s (pid %d)", lease["name"], lease["pid"])
+
+        asyncio.get_running_loop().create_task(release())
+        return {"lease": lease_id, "state": self.daemon.state, "port": self.daemon.port}
+
+    async def cmd_metrics(self, request: Request, stream: Stream | None) -> dict[str, Any]:
+        activity = self.daemon.worker.activity if self.daemon.worker else {}
+        return {
+            "uptime": round(time.time() - self.daemon.started_at, 3),
+            "state": self.daemon.state,
+            "processes": self.daemon.processes(),
+            "restarts": dict(self.daemon.restarts),
+            "leases": len(self.daemon.leases),
+            "worker": {k: v for k, v in activity.items() if k not in ("op", "seq")},
+            "idle_seconds": round(self.daemon.idle_seconds(), 3),
+            "log_error": self.daemon.logfile.error if self.daemon.logfile else None,
+        }
+
+    async def cmd_handoff(self, request: Request, stream: Stream | None) -> Any:
+        """Hand port, control socket and lock to a newer daemon (see ``dbtkd.handoff``)."""
+        assert stream is not None
+        version = request.args["version"]
+        if sys.platform == "win32" or self.daemon.socket_activated:
+            raise RequestError(
+                protocol.INVALID_PARAMS,
+                "this daemon cannot hand over "
+                "(Windows or socket-activated); stop it and start the new one",
+            )
+        if not handoff.is_newer(version, __version__):
+            raise RequestError(
+                protocol.INVALID_PARAMS,
+                f"downgrade refused: dbtkd {__version__} is running and only a newer version "
+                f"may take over, not {version}",
+            )
+        if (
+            self.daemon.state != "running"
+            or self.daemon.handoff_pending
+            or self.daemon.control_server is None
+        ):
+            raise RequestError(protocol.NOT_READY, f"cannot hand over while {self.daemon.state}")
+        assert self.daemon.listener is not None
+        self.daemon.handoff_pending = True
+        carried = {
+            "token": self.daemon.token,
+            "nonce": self.daemon.nonce,
+            "port": self.daemon.port,
+            "started_at": self.daemon.started_at,
+            "version": __version__,
+            "leases": [
+                {"name": lease["name"], "pid": lease["pid"], "since": lease["since"]}
+                for lease in self.daemon.leases.values()
+            ],
+        }
+        fds = [
+            self.daemon.listener.fileno(),
+            self.daemon.control_server.sockets[0].fileno(),
+            self.daemon.lock_fd,
+        ]
+        connection = stream.dup_socket()
+        try:
+            handoff.send_state(connection, request.id, fds, carried, self.daemon_info())
+        finally:
+            connection.close()
+        log.info("handing over to dbtkd %s; serving until its worker answers", version)
+        stream.lines = asyncio.Queue()
+        asyncio.get_running_loop().create_task(self._await_verdict(stream, version))
+        return ALREADY_REPLIED
+
+    async def _await_verdict(self, stream: Stream, version: str) -> None:
+        verdict: dict[str, Any] = {}
+        assert stream.lines is not None
+        get = asyncio.ensure_future(stream.lines.get())
+        closed = asyncio.ensure_future(stream.closed.wait())
+        done, _ = await asyncio.wait(
+            {get, closed}, timeout=handoff.VERDICT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        get.cancel()
+        closed.cancel()
+        if get in done:
+            with contextlib.suppress(ValueError):
+                verdict = json.loads(get.result())
+        if verdict.get("cmd") == "handoff_done":
+            log.info("dbtkd %s took over; draining and exiting", version)
+            self.daemon.owns_files = (
+                False  # the socket, state and port files are the successor's now
+            )
+            self.daemon.stop_code = 1012  # "service restart": clients reconnect to the successor
+            for lease_stream in self.daemon.attach_streams():
+                lease_stream.send("handoff", version=version)
+            self.daemon.request_stop(reason=f"handoff to dbtkd {version}")
+            return
+        reason = verdict.get("reason") or "the new daemon gave no answer"
+        self.daemon.last_handoff_error = f"upgrade to {version} failed: {reason}"
+        log.error("%s; still serving", self.daemon.last_handoff_error)
+        self.daemon.handoff_pending = False

@@ -1,0 +1,78 @@
+"""The daemon's one listening socket: binding it, and answering on it while ``failed``.
+
+The socket is bound once, on loopback only, and never closed while the daemon lives: workers
+come and go, the port stays, and connections made while no worker serves wait in the backlog.
+In state ``failed`` the supervisor itself answers every connection with 503 from a duplicate of
+the socket, using no CPU between connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import sys
+
+from dbtkd import sockshare
+from dbtkd.errors import PortRangeExhausted
+
+SECONDS = 1.0
+LOOPBACK = "127.0.0.1"
+# Deep enough to hold every connection that arrives during a worker restart (~0.2 s).
+LISTEN_BACKLOG = 1024
+FAILED_HEAD_TIMEOUT = 2 * SECONDS
+FAILED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
+    b'{"state":"failed"}'
+)
+
+
+def bind_listener(port_range: tuple[int, int] | None, last_port: int | None) -> socket.socket:
+    """Bind on 127.0.0.1: ``last_port`` if free and in range, then the range (None: any port).
+
+    The caller owns the returned socket. Raises ``PortRangeExhausted`` naming the range.
+    """
+    if port_range is None:
+        candidates = [0]
+    else:
+        first, last = port_range
+        candidates = list(range(first, last + 1))
+        if last_port is not None and first <= last_port <= last:
+            candidates.remove(last_port)
+            candidates.insert(0, last_port)
+    for port in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if sys.platform == "win32":
+                sockshare.make_exclusive(sock)
+            else:
+                # Lets a restarted daemon reuse its port while old connections sit in
+                # TIME_WAIT; Linux still refuses a second listener on the same address.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((LOOPBACK, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES) and port != 0:
+                continue
+            raise
+        return sock
+    assert port_range is not None
+    raise PortRangeExhausted(*port_range)
+
+
+async def serve_failed(listener: socket.socket) -> asyncio.Server:
+    """Answer 503 on ``listener`` until the returned server is closed (``listener`` stays)."""
+    return await asyncio.start_server(_answer_failed, sock=listener.dup(), backlog=LISTEN_BACKLOG)
+
+
+async def _answer_failed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Answer after the request head so clients read a response rather than a reset.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), FAILED_HEAD_TIMEOUT)
+    with contextlib.suppress(Exception):
+        writer.write(FAILED_RESPONSE)
+        await writer.drain()
+    writer.close()

@@ -290,10 +290,14 @@ def upgrade_if_older(
     over only when asked (``--takeover``). A failed upgrade leaves the old daemon serving; the
     reason goes to stderr and the old daemon's result is returned.
     """
-    from dbtkd import __version__, handoff
+    from dbtkd import __version__
 
     running = str(result.get("version"))
-    if running == __version__ or not handoff.is_newer(__version__, running):
+    if running == __version__:
+        return result, None  # the common case: nothing more to import or ask
+    from dbtkd import handoff
+
+    if not handoff.is_newer(__version__, running):
         return result, None
     if not allow_development and (
         handoff.is_development(__version__) or handoff.is_development(running)

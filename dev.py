@@ -50,8 +50,17 @@ def ensure_venv() -> None:
     # compat mode: a plain .pth entry, so dbtkctl does not pay for an import hook at start-up.
     steps = [
         (PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip"),
-        (PYTHON, "-m", "pip", "install", "--quiet", "--editable", ".[test]",
-         "--config-settings", "editable_mode=compat"),
+        (
+            PYTHON,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--editable",
+            ".[test]",
+            "--config-settings",
+            "editable_mode=compat",
+        ),
     ]
     for step in steps:
         if _run(*step) != 0:
@@ -98,8 +107,10 @@ def test() -> int:
 def main() -> int:
     commands = {"start": start, "test": test, "setup": lambda: ensure_venv() or 0}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python3 dev.py start [dbtkctl start flags] | test [pytest args] | setup",
-              file=sys.stderr)
+        print(
+            "usage: python3 dev.py start [dbtkctl start flags] | test [pytest args] | setup",
+            file=sys.stderr,
+        )
         return 2
     return commands[sys.argv[1]]()
 

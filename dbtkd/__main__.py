@@ -2,12 +2,20 @@
 
 ``dbtkd _worker ...`` is the worker (started by the supervisor only); anything else is the
 supervisor. The branch happens before either is imported, so the supervisor never loads
-Starlette or Hypercorn.
+Starlette or Hypercorn. ``dbtkd _selftest`` (only with ``DBTK_FROZEN_SELFTEST=1``) checks a
+frozen build: it imports every module under ``dbtkd.app`` and every module they import lazily
+(the database drivers), prints a JSON report and exits 1 if any import fails.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Stdlib modules that exist only on some OSes: the self-test skips a lazy import of one elsewhere.
+WINDOWS_ONLY = {"_msi", "_overlapped", "_winapi", "msilib", "msvcrt", "nt", "winreg", "winsound"}
+POSIX_ONLY = {"_posixsubprocess", "fcntl", "grp", "posix", "pty", "pwd", "resource", "termios"}
+MACOS_ONLY = {"_scproxy"}
 
 
 def run() -> None:
@@ -16,9 +24,79 @@ def run() -> None:
         from dbtkd.worker import main as worker_main
 
         sys.exit(worker_main(argv[1:]))
+    if argv[:1] == ["_selftest"] and os.environ.get("DBTK_FROZEN_SELFTEST") == "1":
+        sys.exit(selftest(argv[1:]))
     from dbtkd.supervisor import main
 
     sys.exit(main(argv))
+
+
+def selftest(argv: list[str]) -> int:
+    """Import ``dbtkd.app`` whole and the modules named in ``argv``; report as JSON; 1 on failure.
+
+    Walks ``dbtkd.app`` with pkgutil (modules added later are covered without a list) and scans
+    each module's bytecode for absolute imports inside functions, which is how the database
+    drivers are imported, so a driver missing from a frozen build fails here, not on first use.
+    """
+    import dis
+    import importlib
+    import json
+    import pkgutil
+    import types
+
+    def imported_names(code: types.CodeType) -> set[str]:
+        """Absolute imports anywhere in ``code``, nested functions included."""
+        found: set[str] = set()
+        instructions = list(dis.get_instructions(code))
+        for i, ins in enumerate(instructions):
+            if ins.opname == "IMPORT_NAME" and i >= 2 and instructions[i - 2].argval == 0:
+                found.add(str(ins.argval))
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                found |= imported_names(const)
+        return found
+
+    results: dict[str, str | None] = {}
+
+    def attempt(name: str) -> None:
+        if name not in results:
+            try:
+                importlib.import_module(name)
+                results[name] = None
+            except Exception as error:
+                results[name] = f"{type(error).__name__}: {error}"
+
+    import dbtkd.app
+
+    other_os_only = (POSIX_ONLY if sys.platform == "win32" else WINDOWS_ONLY) | (
+        set() if sys.platform == "darwin" else MACOS_ONLY
+    )
+    walked = ["dbtkd.app"]
+    walked += [m.name for m in pkgutil.walk_packages(dbtkd.app.__path__, "dbtkd.app.")]
+    lazy: set[str] = set()
+    for name in walked:
+        attempt(name)
+        module = sys.modules.get(name)
+        spec = getattr(module, "__spec__", None)
+        get_code = getattr(spec.loader, "get_code", None) if spec is not None else None
+        code = get_code(name) if get_code is not None else None
+        if code is not None:
+            lazy |= {n for n in imported_names(code) if n.partition(".")[0] not in other_os_only}
+    required = list(argv)
+    for name in sorted(lazy | set(required)):
+        attempt(name)
+    failures = {name: error for name, error in results.items() if error is not None}
+    report = {
+        "frozen": bool(getattr(sys, "frozen", False)),
+        "executable": sys.executable,
+        "app_file": dbtkd.app.__file__,
+        "walked": walked,
+        "imports_scanned": sorted(lazy),
+        "required": required,
+        "failures": failures,
+    }
+    print(json.dumps(report, indent=1))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ def install_copy(base: Path, version: str) -> Path:
     """A virtual environment running a copy of dbtkd/dbtkctl at ``version``; its bin dir."""
     source = base / f"src-{version}"
     for package in ("dbtkd", "dbtkctl"):
-        shutil.copytree(ROOT / package, source / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     init = source / "dbtkd" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "', f'__version__ = "{version}"  # '))
     env_dir = base / f"venv-{version}"
@@ -48,11 +49,15 @@ def install_copy(base: Path, version: str) -> Path:
     python = env_dir / "bin" / "python"
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     deps = subprocess.run(
         [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     Path(purelib, "dbtk-copy.pth").write_text(f"{source}\n{deps}\n")
     for name in ("dbtkd", "dbtkctl"):
@@ -69,8 +74,13 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def ctl(bin_dir: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(bin_dir / "dbtkctl"), *args], env=env_for(home, **env),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(bin_dir / "dbtkctl"), *args],
+        env=env_for(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def start_old(installs: dict[str, Path], home: Path, reaper: ProcessReaper) -> dict:
@@ -95,8 +105,9 @@ class ClientLoop(threading.Thread):
         while not self.halt.is_set():
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             try:
-                conn.request("GET", "/api/v1/health",
-                             headers={"Authorization": f"Bearer {self.token}"})
+                conn.request(
+                    "GET", "/api/v1/health", headers={"Authorization": f"Bearer {self.token}"}
+                )
                 response = conn.getresponse()
                 body = json.loads(response.read())
                 self.outcomes[f"{response.status} {body.get('version')}"] += 1
@@ -115,8 +126,10 @@ def test_a_newer_dbtkctl_upgrades_the_daemon_without_refusing_anyone(
     old = start_old(installs, home, reaper)
     lease = control_connect(home, timeout=30)
     buffer = bytearray()
-    lease.sendall(json.dumps({"id": 3, "cmd": "attach", "name": "window",
-                              "pid": os.getpid()}).encode() + b"\n")
+    lease.sendall(
+        json.dumps({"id": 3, "cmd": "attach", "name": "window", "pid": os.getpid()}).encode()
+        + b"\n"
+    )
     assert read_line(lease, buffer)["ok"]
     loop = ClientLoop(old["port"], old["token"])
     loop.start()
@@ -163,13 +176,17 @@ def test_an_older_client_uses_a_newer_daemon_and_a_downgrade_is_refused(
     older_client = ctl(installs["1.0.0"], home, "port", "--json")
     assert older_client.returncode == 0, older_client.stderr
     assert json.loads(older_client.stdout) | {"started": False} == newer | {"started": False}
-    downgrade = subprocess.run([str(installs["1.0.0"] / "dbtkd"), "--takeover"],
-                               env=env_for(home), capture_output=True, text=True, timeout=30)
+    downgrade = subprocess.run(
+        [str(installs["1.0.0"] / "dbtkd"), "--takeover"],
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert downgrade.returncode == 1
     assert "downgrade refused" in downgrade.stderr
     status = control_call(home, "status")
-    assert (status["pid"], status["version"], status["state"]) == (newer["pid"], "1.1.0",
-                                                                   "running")
+    assert (status["pid"], status["version"], status["state"]) == (newer["pid"], "1.1.0", "running")
 
 
 def test_a_failed_upgrade_leaves_the_old_daemon_serving_and_says_why(

@@ -157,10 +157,19 @@ def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
         _emit(args, {"stopped": False, "was_running": False}, "dbtkd is not running")
         return 0
     pid = status["pid"]
-    client.call("stop", timeout=args.timeout, wait=args.wait)
-    deadline = time.monotonic() + args.timeout + STOP_EXIT_GRACE
+    reply = client.call("stop", timeout=args.timeout, wait=args.wait)
+    jobs = reply.get("jobs") or []
+    if jobs:
+        how = "until they finish" if args.wait else f"up to {args.timeout:g} s, then cancelling"
+        print(f"dbtkctl: {len(jobs)} job(s) running; waiting {how}:", file=sys.stderr)
+        for job in jobs:
+            print(
+                f"  {job.get('kind', 'job')} {job.get('name', '')!r} (id {job.get('id')})",
+                file=sys.stderr,
+            )
+    deadline = None if args.wait else time.monotonic() + args.timeout + STOP_EXIT_GRACE
     while pid_alive(pid):
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             raise DbtkError(f"dbtkd (pid {pid}) did not exit; see dbtkctl logs")
         time.sleep(0.01)
     from dbtkctl.service.activation import socket_unit
@@ -169,7 +178,7 @@ def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
     note = f"; the login item ({unit}) starts it again on first use" if unit else ""
     _emit(
         args,
-        {"stopped": True, "was_running": True, "pid": pid, "socket_unit": unit},
+        {"stopped": True, "was_running": True, "pid": pid, "socket_unit": unit, "jobs": jobs},
         f"dbtkd stopped (pid {pid}){note}",
     )
     return 0

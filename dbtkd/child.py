@@ -160,12 +160,13 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
 
-    async def stop(self, code: int, grace: float) -> None:
-        """Order a stop (WebSockets close with ``code``); kill after ``grace`` seconds."""
+    async def stop(self, code: int, grace: float, jobs_reason: str = "interrupted by stop") -> None:
+        """Order a stop: running jobs are cancelled with ``jobs_reason``, WebSockets close with
+        ``code``; kill after ``grace`` seconds."""
         if self.proc.returncode is not None:
             return
         self.stop_requested = True
-        self.order("stop", code=code)
+        self.order("stop", code=code, jobs_reason=jobs_reason)
         try:
             await asyncio.wait_for(self.proc.wait(), grace)
         except TimeoutError:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 SECONDS = 1.0
 WORKER_READY_TIMEOUT = 30 * SECONDS  # how long ``port`` and ``restart`` wait for a worker
 MAX_LOG_LINES = 10_000
+DEFAULT_JOB_GRACE = 5 * SECONDS  # DESIGN §2: how long ``stop`` lets running jobs finish
+JOB_POLL_INTERVAL = 0.25 * SECONDS
 
 log = logging.getLogger("dbtkd.supervisor")
 
@@ -119,9 +121,32 @@ class ControlCommands:
         }
 
     async def cmd_stop(self, request: Request, stream: Stream | None) -> dict[str, Any]:
-        # Reply first; the run loop stops the worker and removes our files afterwards.
-        asyncio.get_running_loop().call_soon(self.daemon.request_stop)
-        return {"stopping": True, "pid": os.getpid()}
+        """Stop the daemon; running jobs get ``timeout`` seconds (or, with ``wait``, all the
+        time they need), then are cancelled. Replies at once, listing those jobs."""
+        timeout = float(request.args.get("timeout", DEFAULT_JOB_GRACE))
+        wait = bool(request.args.get("wait", False))
+        if timeout < 0:
+            raise RequestError(protocol.INVALID_PARAMS, "stop: 'timeout' must be >= 0")
+        jobs = await self.daemon.running_jobs()
+        if jobs:
+            log.info(
+                "stop requested with %d running job(s); %s",
+                len(jobs),
+                "waiting for them" if wait else f"waiting up to {timeout:g} s",
+            )
+            asyncio.get_running_loop().create_task(self._stop_after_jobs(timeout, wait))
+        else:
+            # Reply first; the run loop stops the worker and removes our files afterwards.
+            asyncio.get_running_loop().call_soon(self.daemon.request_stop)
+        return {"stopping": True, "pid": os.getpid(), "jobs": jobs}
+
+    async def _stop_after_jobs(self, grace: float, wait: bool) -> None:
+        deadline = None if wait else time.monotonic() + grace
+        while await self.daemon.running_jobs():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(JOB_POLL_INTERVAL)
+        self.daemon.request_stop(reason="stop command")
 
     async def cmd_restart(self, request: Request, stream: Stream | None) -> dict[str, Any]:
         done = self.daemon.restart_done = asyncio.Event()
@@ -186,7 +211,13 @@ class ControlCommands:
                 log.info("client detached: %s (pid %d)", lease["name"], lease["pid"])
 
         asyncio.get_running_loop().create_task(release())
-        return {"lease": lease_id, "state": self.daemon.state, "port": self.daemon.port}
+        return {
+            "lease": lease_id,
+            "state": self.daemon.state,
+            "port": self.daemon.port,
+            "pid": os.getpid(),
+            "version": __version__,
+        }
 
     async def cmd_metrics(self, request: Request, stream: Stream | None) -> dict[str, Any]:
         activity = self.daemon.worker.activity if self.daemon.worker else {}
@@ -270,6 +301,7 @@ class ControlCommands:
                 False  # the socket, state and port files are the successor's now
             )
             self.daemon.stop_code = 1012  # "service restart": clients reconnect to the successor
+            self.daemon.jobs_reason = f"interrupted by the upgrade to {version}"
             for lease_stream in self.daemon.attach_streams():
                 lease_stream.send("handoff", version=version)
             self.daemon.request_stop(reason=f"handoff to dbtkd {version}")

@@ -39,7 +39,9 @@ from dbtkd.logfile import LogFile
 from dbtkd.settings import Settings
 
 SECONDS = 1.0
-WORKER_STOP_TIMEOUT = 3 * SECONDS  # the worker's 2 s graceful drain plus its exit
+# The worker's job cancellation (<= 2 s, rare) and graceful drain (2 s), inside the 5 s a stop
+# may take in all.
+WORKER_STOP_TIMEOUT = 4.5 * SECONDS
 WORKER_READY_TIMEOUT = 30 * SECONDS  # a cold start on a slow disk, with room to spare
 BACKOFF_FIRST = 0.1 * SECONDS
 BACKOFF_MAX = 10 * SECONDS
@@ -91,6 +93,7 @@ class Supervisor:
         self.owns_files = False  # may we remove the socket, state and port files at exit?
         self.exit_code = 0
         self.stop_code = 1001  # WebSocket close code for our worker's clients at exit
+        self.jobs_reason = "interrupted by stop"  # recorded on jobs cancelled at exit
         # Handoff, new side: the connection to the predecessor until our worker answers.
         self.handoff_connection: socket.socket | None = None
         self.handed_over_from: str | None = None
@@ -465,7 +468,14 @@ class Supervisor:
     async def stop_worker(self, code: int) -> None:
         """Stop the current worker (its WebSockets close with ``code``), if it runs."""
         if self.worker is not None:
-            await self.worker.stop(code, WORKER_STOP_TIMEOUT)
+            await self.worker.stop(code, WORKER_STOP_TIMEOUT, self.jobs_reason)
+
+    async def running_jobs(self) -> list[dict[str, Any]]:
+        """The worker's running jobs, from a fresh pong."""
+        if self.worker is None or self.state != "running":
+            return []
+        await self.worker.fresh_activity(self._view_for_worker(), FRESH_PONG_TIMEOUT)
+        return list(self.worker.activity.get("job_list") or [])
 
     # ----- failed state --------------------------------------------------------------------
 

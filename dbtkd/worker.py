@@ -74,6 +74,7 @@ class Orders:
         self._activity = activity
         self._supervisor_view = supervisor_view
         self.stop_code: asyncio.Future[int] = loop.create_future()
+        self.jobs_reason = "interrupted by stop"
         self._thread = threading.Thread(target=self._read, name="orders", daemon=True)
 
     def start(self) -> None:
@@ -103,6 +104,7 @@ class Orders:
             self._supervisor_view.update(order.get("view") or {})
             self.reply({"op": "pong", "seq": order.get("seq"), **self._activity()})
         elif op == "stop" and not self.stop_code.done():
+            self.jobs_reason = str(order.get("jobs_reason") or "interrupted by stop")
             self.stop_code.set_result(int(order.get("code", CLOSE_GOING_AWAY)))
 
     def reply(self, message: dict[str, Any]) -> None:
@@ -181,11 +183,13 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     app.state.supervisor_view = supervisor_view
 
     def activity() -> dict[str, Any]:
-        jobs = getattr(app.state, "jobs_running", None)
+        jobs = getattr(app.state, "jobs", None)
+        running = jobs.running() if jobs is not None else []
         return {
             "idle_for": round(meter.idle_for(), 3),
             "in_flight": meter.in_flight,
-            "jobs": jobs() if callable(jobs) else 0,
+            "jobs": len(running),
+            "job_list": running,  # for ``dbtkctl stop``, which lists what it would cancel
             "requests_total": meter.requests_total,
         }
 
@@ -195,6 +199,11 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     async def shutdown_trigger() -> None:
         code = await orders.stop_code
         log.info("stopping (websocket close code %d)", code)
+        jobs = getattr(app.state, "jobs", None)
+        if jobs is not None and jobs.running():
+            # DESIGN §2: jobs still running at a stop are cancelled, their children killed and
+            # reaped, partial files removed, and each marked failed with the reason.
+            await jobs.cancel_all(orders.jobs_reason)
         await app.state.streams.close_all(code)
 
     config = _hypercorn_config(settings, bind)

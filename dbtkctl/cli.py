@@ -45,7 +45,7 @@ def _client(args: argparse.Namespace | SimpleNamespace) -> Client:
 def _spawn_args(args: argparse.Namespace | SimpleNamespace) -> list[str]:
     extra: list[str] = []
     if getattr(args, "port_range", None):
-        from dbtkd.settings import parse_port_range
+        from dbtkd.port import parse_port_range
 
         parse_port_range(args.port_range, "--port-range")  # usage error before spawning
         extra += ["--port-range", args.port_range]
@@ -381,6 +381,13 @@ def _fast_args(argv: list[str]) -> SimpleNamespace | None:
                 return None
         elif item.startswith("--home="):
             args.home = item.partition("=")[2]
+        elif item in ("--port-range", "--idle-exit"):
+            value = next(items, None)
+            if value is None or value.startswith("-"):
+                return None  # let argparse explain the usage error
+            setattr(args, item[2:].replace("-", "_"), value)
+        elif item == "--takeover":
+            args.takeover = True
         else:
             return None
     return args if args.verb is not None else None

@@ -26,6 +26,9 @@ def run() -> None:
         sys.exit(worker_main(argv[1:]))
     if argv[:1] == ["_selftest"] and os.environ.get("DBTK_FROZEN_SELFTEST") == "1":
         sys.exit(selftest(argv[1:]))
+    # The supervisor speaks no TLS; without this, asyncio would load ssl (and OpenSSL) anyway,
+    # about 0.7 MiB of every daemon's memory. The worker is a separate process and keeps ssl.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from dbtkd.supervisor import main
 
     sys.exit(main(argv))

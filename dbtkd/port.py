@@ -8,14 +8,17 @@ the socket, using no CPU between connections.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import socket
 import sys
 
 from dbtkd import sockshare
-from dbtkd.errors import PortRangeExhausted
+from dbtkd.errors import ConfigError, PortRangeExhausted
+
+TYPE_CHECKING = False  # asyncio is the supervisor's; dbtkctl imports parse_port_range
+if TYPE_CHECKING:
+    import asyncio
 
 SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
@@ -27,6 +30,21 @@ FAILED_RESPONSE = (
     b"Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
     b'{"state":"failed"}'
 )
+
+
+def parse_port_range(value: object, source: str) -> tuple[int, int] | None:
+    """``"A-B"`` (inclusive, 1-65535) or ``"0"``/``0`` for an OS-assigned port."""
+    if value == 0 or value == "0":
+        return None
+    if isinstance(value, list) and len(value) == 2:
+        value = f"{value[0]}-{value[1]}"
+    if isinstance(value, str):
+        first, sep, last = value.partition("-")
+        if sep and first.strip().isdigit() and last.strip().isdigit():
+            low, high = int(first), int(last)
+            if 1 <= low <= high <= 65535:
+                return (low, high)
+    raise ConfigError(f"{source}: expected a port range like 8000-8100 or 0, got {value!r}")
 
 
 def bind_listener(port_range: tuple[int, int] | None, last_port: int | None) -> socket.socket:
@@ -65,10 +83,14 @@ def bind_listener(port_range: tuple[int, int] | None, last_port: int | None) -> 
 
 async def serve_failed(listener: socket.socket) -> asyncio.Server:
     """Answer 503 on ``listener`` until the returned server is closed (``listener`` stays)."""
+    import asyncio
+
     return await asyncio.start_server(_answer_failed, sock=listener.dup(), backlog=LISTEN_BACKLOG)
 
 
 async def _answer_failed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    import asyncio
+
     # Answer after the request head so clients read a response rather than a reset.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), FAILED_HEAD_TIMEOUT)

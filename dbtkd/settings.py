@@ -9,13 +9,13 @@ parsers to check ``--port-range`` before spawning a daemon.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dbtkd import paths
 from dbtkd.errors import ConfigError
+from dbtkd.port import parse_port_range
 
 SECONDS = 1.0
 
@@ -63,21 +63,6 @@ class Settings:
 
     def port_range_text(self) -> str:
         return "0" if self.port_range is None else f"{self.port_range[0]}-{self.port_range[1]}"
-
-
-def parse_port_range(value: object, source: str) -> tuple[int, int] | None:
-    """``"A-B"`` (inclusive, 1-65535) or ``"0"``/``0`` for an OS-assigned port."""
-    if value == 0 or value == "0":
-        return None
-    if isinstance(value, list) and len(value) == 2:
-        value = f"{value[0]}-{value[1]}"
-    if isinstance(value, str):
-        first, sep, last = value.partition("-")
-        if sep and first.strip().isdigit() and last.strip().isdigit():
-            low, high = int(first), int(last)
-            if 1 <= low <= high <= 65535:
-                return (low, high)
-    raise ConfigError(f"{source}: expected a port range like 8000-8100 or 0, got {value!r}")
 
 
 def parse_seconds(value: object, source: str, *, allow_none: bool = False) -> float | None:
@@ -145,6 +130,8 @@ PARSERS: dict[str, Any] = {
 
 def read_config_file(path: str) -> dict[str, Any]:
     """The raw table in ``dbtkd.toml`` (empty if there is no file); unknown keys are errors."""
+    import tomllib  # only when there is a file: it costs the supervisor ~0.5 MiB
+
     try:
         with open(path, "rb") as file:
             table = tomllib.load(file)

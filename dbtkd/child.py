@@ -1,8 +1,8 @@
-"""The worker process as the supervisor sees it: spawn, pipes, readiness, watchdog, stop.
+"""The worker process as the supervisor sees it: pipes, readiness, watchdog, stop.
 
-``Worker.start`` spawns ``dbtkd _worker`` in its own process group with the listening socket,
-writes the token and settings lines on its stdin, and starts two pumps: its stderr (and
-stdout) into the supervisor's log, and its reply pipe (pongs) into ``activity``. The
+``Worker.adopt`` takes a process ``dbtkd.spawn`` started (the first one before asyncio was
+even imported) and starts two pumps: its output into the supervisor's log, and its reply pipe
+(pongs) into ``activity``; ``Worker.start`` spawns and adopts in one step. The
 supervisor decides what to do when a worker is ready, silent or gone; this module only knows
 how to find out.
 """
@@ -15,15 +15,14 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
-import sys
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
-from dbtkd import sockshare
+from dbtkd.spawn import Spawned, spawn
 
 SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
@@ -34,23 +33,8 @@ DUMP_WAIT = 1 * SECONDS  # time for faulthandler to write a stack dump before th
 # second; the watchdog timeout decides when silence means hung.
 PING_INTERVAL_MAX = 1 * SECONDS
 PROBE_HEADER = "X-Dbtk-Probe"
-# systemd hands these to the process it starts; they are the supervisor's, never the worker's.
-STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 
 log = logging.getLogger("dbtkd.supervisor")
-
-
-def child_environment(env: dict[str, str]) -> dict[str, str]:
-    """The environment for the worker: no systemd hand-over variables, nothing secret."""
-    clean = {k: v for k, v in env.items() if not k.startswith(STRIPPED_ENV_PREFIXES)}
-    clean["PYTHONUNBUFFERED"] = "1"
-    return clean
-
-
-def worker_argv(reply_fd: int) -> list[str]:
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "_worker", "--reply-fd", str(reply_fd)]
-    return [sys.executable, "-m", "dbtkd", "_worker", "--reply-fd", str(reply_fd)]
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -64,21 +48,73 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+class Process:
+    """A child started with ``subprocess`` (before asyncio existed), awaited with a pidfd.
+
+    A pidfd becomes readable when the process exits, so waiting costs no thread and no
+    polling; where there is none (not Linux), a thread waits instead.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._watch()
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            waiting = loop.run_in_executor(None, self.popen.wait)
+            waiting.add_done_callback(lambda f: self._done(self.popen.returncode))
+            return
+
+        def readable() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._done(self.popen.wait())
+
+        loop.add_reader(pidfd, readable)
+
+    def _done(self, returncode: int) -> None:
+        if not self._exited.done():
+            self._exited.set_result(returncode)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
 class Worker:
     """One worker process and its pipes; owned by the supervisor, which must ``stop`` or
     ``kill`` it and then await ``proc.wait()`` and the ``pumps``."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, replies: asyncio.StreamReader) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.replies = replies
+    def __init__(self, spawned: Spawned) -> None:
+        self.proc = Process(spawned.popen)
+        self.pid = self.proc.pid
+        assert spawned.popen.stdin is not None
+        assert spawned.popen.stdout is not None
+        self._stdin = spawned.popen.stdin
+        self._stdout = spawned.popen.stdout
+        self._reply_fd = spawned.reply_fd
+        self.output = asyncio.StreamReader()
+        self.replies = asyncio.StreamReader()
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self.last_pong = time.monotonic()
         self.activity: dict[str, Any] = {}  # the last pong: idle_for, in_flight, jobs
         self.pong_received = asyncio.Event()  # set by each pong; cleared by whoever waits
-        self.probe_nonce = secrets.token_hex(8)  # echoed only by this worker's readiness probe
+        self.probe_nonce = spawned.probe_nonce
         self.stop_requested = False
         self.killed_by_watchdog = False
         self.pumps: list[asyncio.Task[None]] = []
@@ -88,34 +124,20 @@ class Worker:
         cls, listener: socket.socket, env: dict[str, str], token: str, settings: dict[str, Any]
     ) -> Worker:
         """Spawn a worker serving ``listener``; ``settings`` becomes its second stdin line."""
-        read_fd, write_fd = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *worker_argv(write_fd),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=child_environment(env),
-                pass_fds=(write_fd, *sockshare.spawn_kwargs(listener).get("pass_fds", ())),
-                process_group=0,
-                cwd="/" if sys.platform != "win32" else None,
-            )
-        finally:
-            os.close(write_fd)
+        return await cls.adopt(spawn(listener, env, token, settings))
+
+    @classmethod
+    async def adopt(cls, spawned: Spawned) -> Worker:
+        """Take charge of a worker ``dbtkd.spawn`` started (maybe before asyncio ran)."""
+        worker = cls(spawned)
         loop = asyncio.get_running_loop()
-        replies = asyncio.StreamReader()
         await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(replies), os.fdopen(read_fd, "rb")
+            lambda: asyncio.StreamReaderProtocol(worker.output), worker._stdout
         )
-        worker = cls(proc, replies)
-        handshake = settings | {
-            "probe": worker.probe_nonce,
-            "socket": sockshare.export_for_child(listener, proc.pid),
-        }
-        assert proc.stdin is not None
-        proc.stdin.write(token.encode() + b"\n" + json.dumps(handshake).encode() + b"\n")
-        with contextlib.suppress(ConnectionError):
-            await proc.stdin.drain()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(worker.replies),
+            os.fdopen(worker._reply_fd, "rb"),
+        )
         worker.pumps = [
             loop.create_task(worker._pump_output()),
             loop.create_task(worker._pump_replies()),
@@ -124,14 +146,16 @@ class Worker:
         return worker
 
     async def _pump_output(self) -> None:
-        assert self.proc.stdout is not None
         wlog = logging.getLogger(f"dbtkd.worker[{self.pid}]")
         while True:
             try:
-                raw = await self.proc.stdout.readline()
+                raw = await self.output.readline()
             except ValueError:  # a line over the stream limit: log what we have
-                raw = await self.proc.stdout.read(64 * 1024)
+                raw = await self.output.read(64 * 1024)
             if not raw:
+                # Its output ended: it exited (or is about to). Our end of its stdin is ours
+                # to close, or every restart would leak a descriptor.
+                self._stdin.close()
                 return
             line = raw.decode("utf-8", "replace").rstrip()
             self.stderr_tail.append(line)
@@ -147,10 +171,12 @@ class Worker:
                     self.pong_received.set()
 
     def order(self, op: str, **fields: Any) -> None:
-        if self.proc.stdin is None or self.proc.stdin.is_closing():
+        """Send one order line. The pipe is non-blocking: if a hung worker let it fill up,
+        the order is dropped (the watchdog deals with hung workers), never the supervisor."""
+        if self._stdin.closed:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.proc.stdin.write(json.dumps({"op": op, **fields}).encode() + b"\n")
+        with contextlib.suppress(OSError):
+            os.write(self._stdin.fileno(), json.dumps({"op": op, **fields}).encode() + b"\n")
 
     def kill(self) -> None:
         # The worker leads its own process group; killing the group also reaps any helper it

@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, state, systemd
+from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, spawn, state, systemd
 from dbtkd.child import Worker, describe_exit
 from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
@@ -258,16 +258,6 @@ class Supervisor:
 
     # ----- the worker ----------------------------------------------------------------------
 
-    def _test_faults(self) -> list[str]:
-        """Test-only switches for the worker: ``DBTK_TEST_FAULTS`` plus the lines of the file
-        named by ``DBTK_TEST_FAULTS_FILE``, re-read at every spawn so a test can heal a fault."""
-        faults = {f for f in self.env.get("DBTK_TEST_FAULTS", "").split(",") if f}
-        path = self.env.get("DBTK_TEST_FAULTS_FILE")
-        if path:
-            with contextlib.suppress(OSError), open(path, encoding="utf-8") as file:
-                faults.update(line.strip() for line in file if line.strip())
-        return sorted(faults)
-
     async def _supervise(self) -> None:
         backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
@@ -399,21 +389,14 @@ class Supervisor:
         self.state_written = True
 
     def _worker_settings(self) -> dict[str, Any]:
-        """The worker's second stdin line (``Worker.start`` adds its probe and socket)."""
-        settings = self.settings
-        return {
-            "port": self.port,
-            "allowed_origins": list(settings.allowed_origins),
-            "version": __version__,
-            "daemon_pid": os.getpid(),
-            "daemon_started_at": self.started_at,
-            "worker_restarts": sum(self.restarts.values()),
-            "log_file": settings.data.log_file,
-            "data_dir": settings.data.data_dir,
-            "log_level": settings.log_level,
-            "access_log": settings.log_level == "debug",
-            "test_faults": self._test_faults(),
-        }
+        """The worker's settings line (``spawn`` adds its probe nonce and socket)."""
+        return spawn.worker_settings(
+            self.settings,
+            self.env,
+            port=self.port,
+            started_at=self.started_at,
+            restarts=sum(self.restarts.values()),
+        )
 
     def _view_for_worker(self) -> dict[str, Any]:
         """What the worker's ``/metrics`` needs from us."""

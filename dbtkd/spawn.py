@@ -1,0 +1,119 @@
+"""Starting a worker process: argv, environment, pipes and handshake, with the stdlib only.
+
+This is asyncio-free so that ``dbtkd.launch`` can start the first worker before the
+supervisor imports asyncio (~40 ms): the worker's own start-up, the longest step of a cold
+start, then overlaps the supervisor's. ``dbtkd.child.Worker`` adopts the process afterwards.
+
+The worker gets: the listening socket (``pass_fds``), a private reply pipe (``--reply-fd``),
+its own process group, stdout and stderr on one pipe to the supervisor's log, and on stdin the
+token line, then one JSON line of settings. Nothing secret is in argv or the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from dbtkd import __version__, sockshare
+from dbtkd.settings import Settings
+
+# systemd hands these to the process it starts; they are the supervisor's, never the worker's.
+STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+
+
+class Spawned:
+    """A just-started worker: its process and the read end of its reply pipe (caller owns)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], reply_fd: int, probe_nonce: str) -> None:
+        self.popen = popen
+        self.reply_fd = reply_fd
+        self.probe_nonce = probe_nonce
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for the worker: no systemd hand-over variables, nothing secret."""
+    clean = {k: v for k, v in env.items() if not k.startswith(STRIPPED_ENV_PREFIXES)}
+    clean["PYTHONUNBUFFERED"] = "1"
+    return clean
+
+
+def worker_argv(reply_fd: int) -> list[str]:
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "_worker", "--reply-fd", str(reply_fd)]
+    return [sys.executable, "-m", "dbtkd", "_worker", "--reply-fd", str(reply_fd)]
+
+
+def test_faults(env: Mapping[str, str]) -> list[str]:
+    """Test-only switches for the worker: ``DBTK_TEST_FAULTS`` plus the lines of the file named
+    by ``DBTK_TEST_FAULTS_FILE``, read at every spawn so a test can heal a fault."""
+    faults = {f for f in env.get("DBTK_TEST_FAULTS", "").split(",") if f}
+    path = env.get("DBTK_TEST_FAULTS_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                faults.update(line.strip() for line in file if line.strip())
+        except OSError:
+            pass
+    return sorted(faults)
+
+
+def worker_settings(
+    settings: Settings, env: Mapping[str, str], *, port: int, started_at: float, restarts: int
+) -> dict[str, Any]:
+    """The worker's settings line (``spawn`` adds the probe nonce and the socket)."""
+    return {
+        "port": port,
+        "allowed_origins": list(settings.allowed_origins),
+        "version": __version__,
+        "daemon_pid": os.getpid(),
+        "daemon_started_at": started_at,
+        "worker_restarts": restarts,
+        "log_file": settings.data.log_file,
+        "data_dir": settings.data.data_dir,
+        "log_level": settings.log_level,
+        "access_log": settings.log_level == "debug",
+        "test_faults": test_faults(env),
+    }
+
+
+def spawn(
+    listener: socket.socket, env: Mapping[str, str], token: str, settings: dict[str, Any]
+) -> Spawned:
+    """Start a worker serving ``listener`` and hand it the token and ``settings``."""
+    read_fd, write_fd = os.pipe()
+    try:
+        popen = subprocess.Popen(
+            worker_argv(write_fd),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=child_environment(env),
+            pass_fds=(write_fd, *sockshare.spawn_kwargs(listener).get("pass_fds", ())),
+            process_group=0,
+            cwd="/",
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    probe_nonce = secrets.token_hex(8)  # echoed only by this worker's readiness probe
+    handshake = settings | {
+        "probe": probe_nonce,
+        "socket": sockshare.export_for_child(listener, popen.pid),
+    }
+    assert popen.stdin is not None
+    try:
+        # Two short lines into an empty pipe: this never blocks.
+        popen.stdin.write(token.encode() + b"\n" + json.dumps(handshake).encode() + b"\n")
+        popen.stdin.flush()
+    except BrokenPipeError:
+        pass  # it died at once; the supervisor sees the exit and its output
+    os.set_blocking(popen.stdin.fileno(), False)  # orders must never stall the supervisor
+    return Spawned(popen, read_fd, probe_nonce)

@@ -29,7 +29,7 @@ def run() -> None:
     # The supervisor speaks no TLS; without this, asyncio would load ssl (and OpenSSL) anyway,
     # about 0.7 MiB of every daemon's memory. The worker is a separate process and keeps ssl.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-    from dbtkd.supervisor import main
+    from dbtkd.launch import main
 
     sys.exit(main(argv))
 

@@ -86,7 +86,7 @@ class ControlCommands:
             "config_file": settings.data.config_file,
             "idle_exit": settings.idle_exit,
             "processes": self.daemon.processes(),
-            "log_error": self.daemon.logfile.error if self.daemon.logfile else None,
+            "log_error": self.daemon.logfile.error,
             "port_range": settings.port_range_text(),
             "watchdog_timeout": settings.watchdog_timeout,
         }
@@ -171,7 +171,6 @@ class ControlCommands:
             raise RequestError(protocol.INVALID_PARAMS, "logs: 'lines' must be >= 0")
         backlog = tail(self.daemon.settings.data.log_file, min(lines, MAX_LOG_LINES))
         if stream is not None:
-            assert self.daemon.logfile is not None
             logfile = self.daemon.logfile
 
             def follower(line: str) -> None:
@@ -229,7 +228,7 @@ class ControlCommands:
             "leases": len(self.daemon.leases),
             "worker": {k: v for k, v in activity.items() if k not in ("op", "seq")},
             "idle_seconds": round(self.daemon.idle_seconds(), 3),
-            "log_error": self.daemon.logfile.error if self.daemon.logfile else None,
+            "log_error": self.daemon.logfile.error,
         }
 
     async def cmd_handoff(self, request: Request, stream: Stream | None) -> Any:

@@ -23,10 +23,8 @@ import json
 import logging
 import os
 import random
-import secrets
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -34,9 +32,8 @@ from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, sp
 from dbtkd.child import Worker, describe_exit
 from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
-from dbtkd.errors import ConfigError, DbtkError, StartFailed
-from dbtkd.logfile import LogFile
-from dbtkd.settings import Settings
+from dbtkd.errors import ConfigError, DbtkError
+from dbtkd.launch import Launch
 
 SECONDS = 1.0
 # The worker's job cancellation (<= 2 s, rare) and graceful drain (2 s), inside the 5 s a stop
@@ -59,13 +56,13 @@ log = logging.getLogger("dbtkd.supervisor")
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, env: dict[str, str], echo: bool = False) -> None:
-        self.settings = settings
-        self.env = env
-        self.echo = echo
-        self.nonce = secrets.token_hex(16)
-        self.token = secrets.token_urlsafe(32)
-        self.started_at = time.time()
+    def __init__(self, launch: Launch) -> None:
+        self.settings = launch.settings
+        self.env = launch.env
+        self.logfile = launch.logfile
+        self.nonce = launch.nonce
+        self.token = launch.token
+        self.started_at = launch.started_at
         self.state = "starting"
         self.state_changed = asyncio.Event()
         self.error: dict[str, Any] | None = None
@@ -77,27 +74,27 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.resume = asyncio.Event()  # set by ``restart`` to leave ``failed``
         self.restart_done: asyncio.Event | None = None
-        self.port = 0
-        self.listener: socket.socket | None = None
+        self.port = launch.port
+        self.listener: socket.socket | None = launch.listener
+        self.first_worker = launch.first_worker  # spawned before asyncio; adopted first
         self.failed_server: asyncio.Server | None = None
         self.control: ControlServer | None = None
-        self.logfile: LogFile | None = None
         self.state_written = False
         self.announced = False
         self._lease_ids = 0
         self.socket_activated = False
         self.last_activity = time.monotonic()  # control requests, lease changes, start
         self.control_server: ipc.ControlServer | None = None
-        self.control_listener: socket.socket | None = None  # handed over by a predecessor
-        self.lock_fd = -1
-        self.owns_files = False  # may we remove the socket, state and port files at exit?
+        self.control_listener = launch.control_listener  # handed over by a predecessor
+        self.lock_fd = launch.lock_fd
+        self.owns_files = launch.owns_files  # may we remove the socket, state, port files?
         self.exit_code = 0
         self.stop_code = 1001  # WebSocket close code for our worker's clients at exit
         self.jobs_reason = "interrupted by stop"  # recorded on jobs cancelled at exit
         # Handoff, new side: the connection to the predecessor until our worker answers.
-        self.handoff_connection: socket.socket | None = None
-        self.handed_over_from: str | None = None
-        self.carried_leases: list[dict[str, Any]] = []
+        self.handoff_connection = launch.handoff_connection
+        self.handed_over_from = launch.handed_over_from
+        self.carried_leases = launch.carried_leases
         # Handoff, old side.
         self.handoff_pending = False
         self.last_handoff_error: str | None = None
@@ -106,31 +103,7 @@ class Supervisor:
     # ----- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> int:
-        settings = self.settings
-        self.logfile = LogFile(
-            settings.data.log_file,
-            settings.log_level,
-            settings.log_max_bytes,
-            settings.log_backups,
-            echo=self.echo,
-        )
         try:
-            lock_fd = self._take_over() if settings.takeover else self._acquire()
-        except DbtkError as exc:
-            log.error("%s", exc)
-            self.logfile.close()
-            raise
-        self.logfile.secrets.append(self.token)
-        try:
-            log.info(
-                "dbtkd %s %s: pid %d, port %d, home %s",
-                __version__,
-                "taking over" if settings.takeover else "starting",
-                os.getpid(),
-                self.port,
-                settings.home or "(per-OS defaults)",
-            )
-            self.lock_fd = lock_fd
             self.control = ControlServer(ControlCommands(self))
             if self.handoff_connection is None:
                 await self._open_control()
@@ -156,42 +129,14 @@ class Supervisor:
             log.error("%s", exc)  # a detached daemon's stderr is /dev/null: the log is all
             raise
         finally:
+            if self.first_worker is not None:  # never adopted: we failed before supervising
+                self.first_worker.popen.kill()
+                self.first_worker.popen.wait()
             await self._cleanup()
-            lock.release(lock_fd)
+            lock.release(self.lock_fd)
         log.info("dbtkd stopped")
         self.logfile.close()
         return self.exit_code
-
-    def _acquire(self) -> int:
-        """A fresh start: take the instance lock and bind the port; return the lock's fd."""
-        settings = self.settings
-        lock_fd = lock.acquire_instance_lock(settings.runtime.lock_file)
-        try:
-            last_port = state.read_port(settings.data.last_port_file)
-            self.listener = port.bind_listener(settings.port_range, last_port)
-        except BaseException:
-            lock.release(lock_fd)
-            raise
-        self.port = self.listener.getsockname()[1]
-        self.owns_files = True
-        return lock_fd
-
-    def _take_over(self) -> int:
-        """``--takeover``: receive lock, port and control socket from the running daemon."""
-        connection, carried, fds = handoff.request(
-            self.settings.runtime.control_socket, __version__
-        )
-        self.handoff_connection = connection
-        self.listener = socket.socket(fileno=fds["listener"])
-        self.control_listener = socket.socket(fileno=fds["control"])
-        self.port = self.listener.getsockname()[1]
-        self.token = carried["token"]
-        self.nonce = carried["nonce"]
-        self.started_at = carried["started_at"]
-        self.handed_over_from = carried.get("version")
-        grace_until = time.monotonic() + handoff.LEASE_GRACE
-        self.carried_leases = [lease | {"until": grace_until} for lease in carried["leases"]]
-        return fds["lock"]
 
     async def _open_control(self) -> None:
         """Serve the control socket: systemd's, the predecessor's, or a fresh one of ours."""
@@ -261,10 +206,14 @@ class Supervisor:
     async def _supervise(self) -> None:
         backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
-            assert self.listener is not None
-            worker = self.worker = await Worker.start(
-                self.listener, self.env, self.token, self._worker_settings()
-            )
+            if self.first_worker is not None:
+                worker = self.worker = await Worker.adopt(self.first_worker)
+                self.first_worker = None
+            else:
+                assert self.listener is not None
+                worker = self.worker = await Worker.start(
+                    self.listener, self.env, self.token, self._worker_settings()
+                )
             taking_over = self.handoff_connection is not None
             timeout = handoff.READY_TIMEOUT if taking_over else WORKER_READY_TIMEOUT
             ready = await worker.wait_ready(self.port, timeout, self.stopping)
@@ -404,7 +353,7 @@ class Supervisor:
             "restarts": dict(self.restarts),
             "leases": len(self.leases),
             "supervisor": procstats.read(os.getpid()),
-            "log_error": self.logfile.error if self.logfile else None,
+            "log_error": self.logfile.error,
         }
 
     # ----- idle exit -----------------------------------------------------------------------
@@ -516,48 +465,3 @@ class Supervisor:
         if self.worker is not None and self.worker.proc.returncode is None:
             processes["worker"] = procstats.read(self.worker.pid)
         return processes
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``dbtkd``: run the supervisor in the foreground."""
-    import argparse
-
-    from dbtkd import settings as settings_module
-
-    parser = argparse.ArgumentParser(prog="dbtkd", description="DB Toolkit backend daemon")
-    parser.add_argument("--home", help="profile directory (default: $DBTK_HOME or per-OS dirs)")
-    parser.add_argument("--port-range", help="A-B (default 8000-8100) or 0 for any free port")
-    parser.add_argument("--idle-exit", help="exit this many seconds after the last client")
-    parser.add_argument("--watchdog-timeout", help="seconds before a silent worker is killed")
-    parser.add_argument("--log-level", choices=settings_module.LOG_LEVELS)
-    parser.add_argument(
-        "--allow-origin",
-        action="append",
-        dest="allowed_origins",
-        help="an allowed browser Origin (repeatable)",
-    )
-    parser.add_argument("--takeover", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--version", action="version", version=f"dbtkd {__version__}")
-    args = parser.parse_args(argv)
-    os.umask(0o077)
-    env = dict(os.environ)
-    try:
-        settings = settings_module.load(
-            {
-                "port_range": args.port_range,
-                "idle_exit": args.idle_exit,
-                "watchdog_timeout": args.watchdog_timeout,
-                "log_level": args.log_level,
-                "allowed_origins": args.allowed_origins,
-            },
-            env,
-            home=args.home,
-            takeover=args.takeover,
-        )
-        supervisor = Supervisor(settings, env=env, echo=sys.stderr.isatty())
-        return asyncio.run(supervisor.run())
-    except DbtkError as exc:
-        print(f"dbtkd: {exc}", file=sys.stderr)
-        return 4 if isinstance(exc, StartFailed) else exc.exit_code
-    except KeyboardInterrupt:
-        return 130

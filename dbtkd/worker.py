@@ -31,6 +31,7 @@ SECONDS = 1.0
 GRACEFUL_TIMEOUT = 2 * SECONDS
 # DESIGN §5: WebSocket messages are capped at 1 MiB, like HTTP bodies.
 WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
+LISTEN_BACKLOG = 1024  # the supervisor's (dbtkd.port.LISTEN_BACKLOG)
 # Pinned access-log format: Hypercorn's atoms can expand any request header or environment
 # variable, and %(r)s/%(q)s would log query strings. Method, path (no query), status, size,
 # time only.
@@ -144,6 +145,9 @@ def _hypercorn_config(settings: dict[str, Any], bind: str) -> Any:
     config = Config()
     config.bind = [bind] if bind else []
     config.graceful_timeout = GRACEFUL_TIMEOUT
+    # Hypercorn calls listen() again on the inherited socket with its own backlog (default
+    # 100), which would shrink the supervisor's: keep it deep enough for a restart's queue.
+    config.backlog = LISTEN_BACKLOG
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
     config.access_log_format = ACCESS_LOG_FORMAT
     config.accesslog = logging.getLogger("hypercorn.access") if settings["access_log"] else None

@@ -336,3 +336,13 @@ def test_a_symlink_planted_at_the_temp_socket_directory_is_refused_not_followed(
     result = run_ctl(home, "port", env=env_for(home, TMPDIR=str(temp)))
     assert result.code == 4
     assert "is not a directory (a symlink?)" in result.err
+
+
+def test_the_listening_backlog_stays_deep_after_the_worker_starts(daemon: Daemon) -> None:
+    # Hypercorn re-listens on the inherited socket; its default backlog (100) would shrink
+    # the queue that holds connections while a worker restarts.
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{daemon.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "LISTEN"
+    assert int(out[2]) == 1024  # Send-Q of a listening socket is its backlog

@@ -45,9 +45,11 @@ class GuardedStarlette(Starlette):
 def create_app(config: AppConfig) -> Starlette:
     """The app for one worker. ``app.state.streams`` is its ``Streams`` registry: the worker
     calls ``await app.state.streams.close_all(code)`` on a stop order."""
-    streams = Streams(STREAM_NAMES)
 
-    routes = build_routes(config, streams)
+    streams = Streams(STREAM_NAMES)
+    from dbtkd.app.database import database_routes  # the DB API: connections, queries, ...
+
+    routes = [*build_routes(config, streams), *database_routes(config, streams)]
     app = GuardedStarlette(config, routes, EXCEPTION_HANDLERS)
     # A JSON API has no use for redirecting "/x/" to "/x": that would answer 307 where a
     # client made a mistake worth a 404.

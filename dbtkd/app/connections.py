@@ -1,0 +1,126 @@
+"""Routes for saved connections: list, create, read, edit, delete, test, connect, disconnect.
+
+``GET/POST /api/v1/connections``, ``GET/PUT/DELETE /api/v1/connections/{id}``,
+``POST /api/v1/connections/test``, ``POST /api/v1/connections/{id}/connect`` and
+``/disconnect``. A connection is shown as ``{id, name, db_type, host, port, database, username,
+has_password}``: the password goes in (POST, PUT, test) and never comes out. Testing or
+connecting reports the database's answer as ``{success, message, server_version, error}`` with
+HTTP 200 either way: a wrong password is the database's refusal, not a broken request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from dbtkd.app.db.engine import CONNECT_TIMEOUT, DatabaseError
+from dbtkd.app.db.profiles import Profile, ProfileNotFoundError, build_profile
+from dbtkd.app.db.sessions import engine_class
+from dbtkd.app.endpoints import Database, JSONResponse, api, read_object, route
+
+log = logging.getLogger("dbtkd.app.db")
+
+
+def _outcome(success: bool, message: str, version: str | None, error: str | None) -> Response:
+    return JSONResponse(
+        {"success": success, "message": message, "server_version": version, "error": error}
+    )
+
+
+def connection_routes(database: Database) -> list[BaseRoute]:
+    profiles, sessions = database.profiles, database.sessions
+
+    @api
+    async def list_connections(request: Request) -> Response:
+        return JSONResponse([profile.public_view() for profile in await profiles.all()])
+
+    @api
+    async def create_connection(request: Request) -> Response:
+        profile = build_profile(await read_object(request))
+        await profiles.save(profile)
+        log.info("saved connection %s (%s)", profile.id, profile.db_type)
+        return JSONResponse(profile.public_view(), status_code=201)
+
+    @api
+    async def get_connection(request: Request) -> Response:
+        profile = await profiles.get(request.path_params["id"])
+        return JSONResponse(profile.public_view())
+
+    @api
+    async def update_connection(request: Request) -> Response:
+        existing = await profiles.get(request.path_params["id"])
+        profile = build_profile(await read_object(request), existing)
+        await profiles.save(profile)
+        # Open connections were made with the old settings (host, password...).
+        await sessions.disconnect(profile.id)
+        return JSONResponse(profile.public_view())
+
+    @api
+    async def delete_connection(request: Request) -> Response:
+        profile_id = request.path_params["id"]
+        await profiles.delete(profile_id)
+        await sessions.disconnect(profile_id)
+        await database.history.clear(profile_id)
+        log.info("deleted connection %s", profile_id)
+        return JSONResponse({"success": True, "id": profile_id})
+
+    @api
+    async def test_connection(request: Request) -> Response:
+        body = await read_object(request)
+        existing = None
+        if isinstance(body.get("id"), str):
+            # Testing an edited saved connection: the UI does not have its password to send.
+            try:
+                existing = await profiles.get(body["id"])
+            except ProfileNotFoundError:
+                existing = None
+        profile = build_profile(body, existing)
+        return await _try_connection(profile)
+
+    @api
+    async def connect(request: Request) -> Response:
+        profile = await profiles.get(request.path_params["id"])
+        try:
+            version = await sessions.connect(profile, wait=CONNECT_TIMEOUT)
+        except DatabaseError as error:
+            return _outcome(False, "connection failed", None, error.message)
+        return _outcome(True, "connected", version, None)
+
+    @api
+    async def disconnect(request: Request) -> Response:
+        profile = await profiles.get(request.path_params["id"])
+        was_open = await sessions.disconnect(profile.id)
+        return JSONResponse(
+            {"success": True, "message": "disconnected" if was_open else "was not connected"}
+        )
+
+    prefix = "/api/v1/connections"
+    return [
+        route(prefix, {"GET": list_connections, "POST": create_connection}),
+        route(f"{prefix}/test", {"POST": test_connection}),
+        route(
+            f"{prefix}/{{id}}",
+            {"GET": get_connection, "PUT": update_connection, "DELETE": delete_connection},
+        ),
+        route(f"{prefix}/{{id}}/connect", {"POST": connect}),
+        route(f"{prefix}/{{id}}/disconnect", {"POST": disconnect}),
+    ]
+
+
+async def _try_connection(profile: Profile) -> Response:
+    """Open a throwaway connection with ``profile``, ask its version, close it."""
+    try:
+        engine = await engine_class(profile.db_type).open(profile, "test")
+    except DatabaseError as error:
+        return _outcome(False, "connection failed", None, error.message)
+    try:
+        version: Any = await engine.server_version()
+    except DatabaseError as error:
+        return _outcome(False, "connected, but the server did not answer", None, error.message)
+    finally:
+        await engine.close()
+    return _outcome(True, "connection succeeded", version, None)

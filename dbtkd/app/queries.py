@@ -1,0 +1,146 @@
+"""Routes that run SQL and show what ran: ``POST /api/v1/connections/{id}/query`` and
+``GET|DELETE /api/v1/connections/{id}/query/history``.
+
+The query body is ``{query, params?, limit (1-10000, default 1000), offset (default 0),
+timeout (seconds, default 30)}``. Any statement runs through it (SELECT, DML, DDL, scripts); the
+SQL is sent as written, never rewritten. The answer is always HTTP 200 once the connection id
+is known: ``{success, columns: [{name, type}], rows: [[...]], rows_affected, total_rows,
+has_more, execution_time, error}``; on a database error ``success`` is false and ``error`` holds
+the database's message. ``total_rows`` counts the rows in this response; ``has_more`` says the
+result goes on past ``offset + limit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from dbtkd.app.db.engine import DatabaseError, QueryResult
+from dbtkd.app.db.history import DEFAULT_LIST_LIMIT, MAX_ENTRIES_PER_CONNECTION
+from dbtkd.app.db.storefile import StoreTooNewError
+from dbtkd.app.endpoints import (
+    Database,
+    JSONResponse,
+    api,
+    integer,
+    invalid,
+    number,
+    query_integer,
+    read_object,
+    route,
+)
+
+log = logging.getLogger("dbtkd.app.db")
+
+DEFAULT_LIMIT = 1000
+# A page the UI can render and a response that stays a few megabytes.
+MAX_LIMIT = 10_000
+# Past a billion rows skipped, paging is the wrong tool.
+MAX_OFFSET = 10**9
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# An hour: long enough for a real maintenance statement, bounded so nothing runs forever.
+MAX_TIMEOUT_SECONDS = 3600.0
+QUERY_FIELDS = frozenset({"query", "params", "limit", "offset", "timeout"})
+
+
+def _parse(body: dict[str, Any]) -> tuple[str, Any, int, int, float]:
+    unknown = sorted(set(body) - QUERY_FIELDS)
+    if unknown:
+        raise invalid(f"expected only the fields {', '.join(sorted(QUERY_FIELDS))}; got {unknown}")
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise invalid(f"expected query to be a non-empty string of SQL; got {query!r:.40}")
+    params = body.get("params")
+    if params is not None and not isinstance(params, (list, dict)):
+        raise invalid(
+            f"expected params to be a list (or an object, for named placeholders); "
+            f"got {type(params).__name__}"
+        )
+    limit = integer(body, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = integer(body, "offset", 0, 0, MAX_OFFSET)
+    timeout = number(body, "timeout", DEFAULT_TIMEOUT_SECONDS, 0, MAX_TIMEOUT_SECONDS)
+    return query, params, limit, offset, timeout
+
+
+def query_document(
+    result: QueryResult | None, error: str | None, execution_time: float
+) -> dict[str, Any]:
+    result = result or QueryResult()
+    return {
+        "success": error is None,
+        "columns": result.columns,
+        "rows": result.rows,
+        "rows_affected": result.rows_affected,
+        "total_rows": len(result.rows),
+        "has_more": result.has_more,
+        "execution_time": round(execution_time, 6),
+        "error": error,
+    }
+
+
+def query_routes(database: Database) -> list[BaseRoute]:
+    profiles, sessions, history = database.profiles, database.sessions, database.history
+
+    @api
+    async def run_query(request: Request) -> Response:
+        profile = await profiles.get(request.path_params["id"])
+        query, params, limit, offset, timeout = _parse(await read_object(request))
+        started = time.perf_counter()
+        result: QueryResult | None = None
+        error: str | None = None
+        try:
+            async with sessions.use(profile, "query", wait=timeout) as engine:
+                result = await engine.execute(
+                    query, params, limit=limit, offset=offset, time_limit=timeout
+                )
+        except DatabaseError as failure:
+            error = failure.message
+        document = query_document(result, error, time.perf_counter() - started)
+        try:
+            await history.load()
+        except OSError as failure:
+            log.warning("could not read the query history: %s", failure)
+        else:
+            history.add(
+                profile.id,
+                query=query,
+                success=document["success"],
+                execution_time=document["execution_time"],
+                total_rows=document["total_rows"],
+                rows_affected=document["rows_affected"],
+                error=error,
+            )
+        # Written once the response is out: a page of rows need not wait for a file.
+        return JSONResponse(document, background=BackgroundTask(save_history))
+
+    async def save_history() -> None:
+        try:
+            await history.save()
+        except (OSError, StoreTooNewError) as failure:
+            # The query ran; failing to note it must not fail anything else.
+            log.warning("could not save the query history: %s", failure)
+
+    @api
+    async def list_history(request: Request) -> Response:
+        profile = await profiles.get(request.path_params["id"])
+        limit = query_integer(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_ENTRIES_PER_CONNECTION)
+        entries = await history.list(profile.id, limit)
+        return JSONResponse({"success": True, "history": entries, "count": len(entries)})
+
+    @api
+    async def clear_history(request: Request) -> Response:
+        profile = await profiles.get(request.path_params["id"])
+        cleared = await history.clear(profile.id)
+        return JSONResponse({"success": True, "cleared": cleared})
+
+    prefix = "/api/v1/connections/{id}/query"
+    return [
+        route(prefix, {"POST": run_query}),
+        route(f"{prefix}/history", {"GET": list_history, "DELETE": clear_history}),
+    ]

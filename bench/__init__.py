@@ -1,0 +1,1 @@
+"""Benchmarks of dbtkd against the per-window backend it replaces; see bench/README.md."""

@@ -197,6 +197,19 @@ def control_call(home: Path, cmd: str, **args: Any) -> Any:
     return reply["result"]
 
 
+def wait_for_restarts(home: Path, restarts: dict[str, int], timeout: float = 15) -> dict[str, Any]:
+    """Wait until one status snapshot shows ``restarts`` and a running (new) worker."""
+    return wait_until(
+        lambda: (
+            (s := control_call(home, "status"))["restarts"] == restarts
+            and s["state"] == "running"
+            and s
+        ),
+        timeout=timeout,
+        what=f"restarts {restarts} and a running worker",
+    )
+
+
 @dataclass
 class ProcessReaper:
     pids: set[int] = field(default_factory=set)

@@ -23,6 +23,7 @@ from tests.support import (
     pid_alive,
     read_state,
     run_ctl,
+    wait_for_restarts,
     wait_until,
 )
 
@@ -164,14 +165,7 @@ def test_worker_killed_with_sigkill_is_replaced_on_the_same_port_without_refusal
     try:
         wait_until(lambda: served > 5, what="the client loop to get answers")
         os.kill(old_worker, signal.SIGKILL)
-        new_worker = wait_until(
-            lambda: (
-                (w := daemon.status()["worker_pid"]) != old_worker
-                and daemon.status()["state"] == "running"
-                and w
-            ),
-            what="a new worker",
-        )
+        new_worker = wait_for_restarts(daemon.home, {"signal": 1})["worker_pid"]
         before = served
         wait_until(lambda: served > before + 5, what="answers from the new worker")
     finally:

@@ -59,6 +59,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def health(port: int) -> int:
+    """The status of ``GET /health`` on 127.0.0.1:``port`` (the one route without a token)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def env_for(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBTK_", "NOTIFY_SOCKET"))}
     env["DBTK_HOME"] = str(home)

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, ProcessReaper, control_call, env_for, pid_alive, wait_until
-
-
-def health(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    finally:
-        conn.close()
+from tests.support import (
+    Daemon,
+    ProcessReaper,
+    control_call,
+    env_for,
+    health,
+    pid_alive,
+    wait_until,
+)
 
 
 def children(pid: int) -> list[tuple[int, str]]:

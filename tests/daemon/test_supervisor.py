@@ -20,23 +20,13 @@ from tests.support import (
     ProcessReaper,
     control_call,
     env_for,
+    health,
     pid_alive,
     read_state,
     run_ctl,
     wait_for_restarts,
     wait_until,
 )
-
-
-def health(port: int) -> int:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    finally:
-        conn.close()
 
 
 def test_foreground_daemon_announces_its_port_only_once_the_worker_answers(

@@ -8,7 +8,6 @@ is involved: there is none on the test machine (issue 4, item 5 is not run here)
 
 from __future__ import annotations
 
-import http.client
 import os
 import select
 import shlex
@@ -30,6 +29,7 @@ from tests.support import (
     DBTKD,
     ProcessReaper,
     env_for,
+    health,
     pid_alive,
     read_state,
     run_ctl,
@@ -43,15 +43,6 @@ def control_socket(home: Path) -> Path:
     run = home / "run"
     run.mkdir(mode=0o700, exist_ok=True)
     return run / "dbtkd.sock"
-
-
-def health(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    finally:
-        conn.close()
 
 
 def environ_of(pid: int) -> dict[str, str]:

@@ -111,7 +111,8 @@ class ControlCommands:
             return await self._require_ready()
 
     async def cmd_port(self, request: Request, stream: Stream | None) -> dict[str, Any]:
-        await self._require_ready()
+        if not self.daemon.handed_off:  # after a handoff: same port and token, answer at once
+            await self._require_ready()
         return {
             "port": self.daemon.port,
             "url": self.daemon.url,
@@ -296,9 +297,13 @@ class ControlCommands:
                 verdict = json.loads(get.result())
         if verdict.get("cmd") == "handoff_done":
             log.info("dbtkd %s took over; draining and exiting", version)
-            self.daemon.owns_files = (
-                False  # the socket, state and port files are the successor's now
-            )
+            # The control listener is shared with the successor: accept nothing more on it,
+            # or new clients would meet a daemon on its way out. Open connections (leases)
+            # stay, to hear the event below.
+            if self.daemon.control_server is not None:
+                self.daemon.control_server.close()
+            self.daemon.handed_off = True
+            self.daemon.owns_files = False  # the socket, state and port files are the successor's
             self.daemon.stop_code = 1012  # "service restart": clients reconnect to the successor
             self.daemon.jobs_reason = f"interrupted by the upgrade to {version}"
             for lease_stream in self.daemon.attach_streams():

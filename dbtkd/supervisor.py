@@ -97,6 +97,7 @@ class Supervisor:
         self.carried_leases = launch.carried_leases
         # Handoff, old side.
         self.handoff_pending = False
+        self.handed_off = False  # the successor serves; we only drain
         self.last_handoff_error: str | None = None
         self.last_cause = "requested"
 

@@ -2,7 +2,8 @@
 
 Creates the baseline's virtual environment if missing (cached in ``bench/.venv-baseline/``),
 then runs cold start, warm port, memory and restart gap, each side by side with the
-per-window backend (or ``python -c pass``), and prints
+per-window backend (or ``python -c pass``), then the figures of issue 3 that have no
+per-window counterpart (restart storm, handoff gap, watchdog detection), and prints
 ``figure | dbtkd | baseline | ratio | budget | ok?``. Progress goes to stderr. Every process
 started is stopped by pid on the way out, Ctrl-C included.
 
@@ -22,7 +23,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, memory, restart_gap, warm_port
+from bench import (
+    cold_start,
+    handoff_gap,
+    memory,
+    restart_gap,
+    restart_storm,
+    warm_port,
+    watchdog_detect,
+)
 from bench.common import (
     DEFAULT_BASELINE,
     DEFAULT_VENV,
@@ -43,6 +52,9 @@ FIGURES: dict[str, Measure] = {
     "warm": warm_port.measure,
     "memory": memory.measure,
     "restart": restart_gap.measure,
+    "restart_storm": restart_storm.measure,
+    "handoff_gap": handoff_gap.measure,
+    "watchdog_detect": watchdog_detect.measure,
 }
 BUDGET_MISSED = 3
 BUSY_LOAD_PER_CPU = 0.5
@@ -66,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIGURE=N",
-        help="override one figure's sample count (e.g. cold=20, warm=60, memory=5, restart=20)",
+        help=(
+            "override one figure's sample count (e.g. cold=20, warm=60, memory=5, restart=20, "
+            "restart_storm=50 kills, handoff_gap=5, watchdog_detect=5 of each hang)"
+        ),
     )
     parser.add_argument(
         "--check", action="store_true", help=f"exit {BUDGET_MISSED} if a budget is missed"

@@ -366,13 +366,17 @@ class Bench:
 
     # Environment and homes.
 
-    def env(self, home: Path | None = None) -> dict[str, str]:
-        """The caller's environment without DBTK_* and PYTHON* (plus DBTK_HOME if given)."""
+    def env(self, home: Path | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The caller's environment without DBTK_* and PYTHON* (plus DBTK_HOME if given).
+
+        ``extra`` is added last (a test switch such as ``DBTK_TEST_FAULTS``).
+        """
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("DBTK_", "PYTHON", "VIRTUAL"))
         }
         if home is not None:
             env["DBTK_HOME"] = str(home)
+        env.update(extra or {})
         return env
 
     def new_home(self) -> Path:
@@ -400,7 +404,14 @@ class Bench:
 
     # Children.
 
-    def popen(self, argv: Argv, *, home: Path | None, name: str) -> subprocess.Popen[bytes]:
+    def popen(
+        self,
+        argv: Argv,
+        *,
+        home: Path | None,
+        name: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start a child (stdout piped, stderr to a file in the workdir) and track it."""
         stderr = self._stderr_file(name)
         proc = subprocess.Popen(
@@ -408,7 +419,7 @@ class Bench:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env=self.env(home),
+            env=self.env(home, extra_env),
             cwd=self.workdir,
         )
         self._procs.append(proc)

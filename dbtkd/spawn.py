@@ -76,6 +76,7 @@ def worker_settings(
         "worker_restarts": restarts,
         "log_file": settings.data.log_file,
         "data_dir": settings.data.data_dir,
+        "config_file": settings.data.config_file,
         "log_level": settings.log_level,
         "access_log": settings.log_level == "debug",
         "test_faults": test_faults(env),

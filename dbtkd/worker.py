@@ -177,6 +177,7 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
             worker_restarts=settings["worker_restarts"],
             log_file=settings["log_file"],
             data_dir=settings["data_dir"],
+            config_file=settings.get("config_file", ""),
             test_faults=frozenset(settings.get("test_faults", ())),
         )
     )

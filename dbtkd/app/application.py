@@ -45,8 +45,10 @@ class GuardedStarlette(Starlette):
 def create_app(config: AppConfig) -> Starlette:
     """The app for one worker. ``app.state.streams`` is its ``Streams`` registry: the worker
     calls ``await app.state.streams.close_all(code)`` on a stop order."""
+    from dbtkd.app.jobapi import STREAM_NAMES as JOB_STREAM_NAMES
+    from dbtkd.app.jobapi import mount_jobs  # backups, schedules, jobs, migrator, terminal
 
-    streams = Streams(STREAM_NAMES)
+    streams = Streams((*STREAM_NAMES, *JOB_STREAM_NAMES))
     from dbtkd.app.database import database_routes  # the DB API: connections, queries, ...
 
     routes = [*build_routes(config, streams), *database_routes(config, streams)]
@@ -56,4 +58,5 @@ def create_app(config: AppConfig) -> Starlette:
     app.router.redirect_slashes = False
     app.state.config = config
     app.state.streams = streams
+    mount_jobs(app, config, streams)  # app.state.jobs: the worker's stop cancels its jobs
     return app

@@ -27,6 +27,7 @@ class AppConfig:
     worker_restarts: int
     log_file: str  # the supervisor's dbtkd.log, followed by /ws/logs
     data_dir: str
+    config_file: str = ""  # dbtkd.toml; read for settings that apply per job (tool_paths)
     # Test-only switches ("raise" adds GET /api/v1/_test/raise); empty in production.
     test_faults: frozenset[str] = frozenset()
 

@@ -44,7 +44,7 @@ async def test_status_reports_daemon_worker_and_streams(app: Starlette) -> None:
     assert 99 < status["uptime"] < 200
     assert 9 < status["worker_uptime"] < 100
     assert status["worker_restarts"] == 3
-    assert status["websockets"] == {"logs": 0}
+    assert status["websockets"] == {"logs": 0, "backups": 0, "migrator": 0, "terminal": 0}
     assert TOKEN not in result.body.decode()
 
 
@@ -52,9 +52,9 @@ async def test_status_counts_open_log_streams(app: Starlette) -> None:
     async with open_websocket(app, websocket_scope(query_string=b"backlog=0")) as client:
         assert (await client.receive())["type"] == "websocket.accept"
         result = await call_http(app, http_scope("GET", "/api/v1/status"))
-        assert result.json()["websockets"] == {"logs": 1}
+        assert result.json()["websockets"]["logs"] == 1
     result = await call_http(app, http_scope("GET", "/api/v1/status"))
-    assert result.json()["websockets"] == {"logs": 0}
+    assert result.json()["websockets"]["logs"] == 0
 
 
 async def test_unknown_path_without_token_is_401_not_404(app: Starlette) -> None:

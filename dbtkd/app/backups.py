@@ -1,0 +1,403 @@
+"""Backups: the routes, the backup and restore jobs, and the ``/ws/backups`` stream.
+
+``POST /api/v1/backups {connection_id, name, backup_type, tables?, gzip?}`` answers 202 with the
+backup (``status: pending``) and runs it as a job; ``GET /api/v1/backups[?connection_id=]``,
+``GET/DELETE /api/v1/backups/{id}``; ``POST /api/v1/backups/{id}/restore`` (``{}`` = into the
+source connection, or ``{target_connection_id}``) answers 202 with the restore job;
+``GET .../download`` streams the file; ``POST .../verify`` recomputes the sha256 and checks
+the format. The engines' work is in ``dumps``; the files' rules in ``backupfiles``; the
+record keeping, cancelling and crash recovery in ``jobs``.
+
+``/ws/backups`` sends ``{"type": "snapshot", "backups": [...], "restores": [...]}`` (the
+unfinished ones) when a client connects, then ``{"type": "backup_update", "backup": {...}}``
+and ``{"type": "restore_update", "restore": {...}}`` for jobs started from any window.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from dbtkd.app.backupfiles import BackupDir, BackupFileError, LabelError, check_label, download_name
+from dbtkd.app.db.profiles import Profile
+from dbtkd.app.dumps import (
+    BACKUP_TYPES,
+    CHUNK_BYTES,
+    BackupPlan,
+    Dumper,
+    Workspace,
+    dumper_for,
+    hash_fd,
+)
+from dbtkd.app.endpoints import ApiError, JSONResponse, api, invalid, read_object, route
+from dbtkd.app.jobs import UNFINISHED, JobFailed, Jobs, RunningJob, new_id, now_iso, public_view
+from dbtkd.app.responses import describe
+from dbtkd.app.streams import Streams
+from dbtkd.app.tools import Toolbox, ToolError, configured_tool_paths
+
+log = logging.getLogger("dbtkd.app.backups")
+
+ProfileLookup = Callable[[str], Awaitable[Profile]]
+BACKUP_FIELDS = frozenset({"connection_id", "name", "backup_type", "tables", "gzip"})
+RESTORE_FIELDS = frozenset({"target_connection_id"})
+MAX_TABLES = 1000
+MAX_TABLE_NAME_CHARS = 1000
+
+
+def parse_plan(body: dict[str, Any]) -> BackupPlan:
+    """``backup_type``, ``tables`` and ``gzip`` of a request (or a schedule), checked."""
+    backup_type = body.get("backup_type") or "full"
+    if backup_type not in BACKUP_TYPES:
+        raise invalid(
+            f"expected backup_type one of {', '.join(BACKUP_TYPES)}; got {backup_type!r:.40}"
+        )
+    tables = body.get("tables")
+    if backup_type == "tables":
+        if (
+            not isinstance(tables, list)
+            or not 0 < len(tables) <= MAX_TABLES
+            or not all(
+                isinstance(t, str) and 0 < len(t) <= MAX_TABLE_NAME_CHARS and "\x00" not in t
+                for t in tables
+            )
+        ):
+            raise invalid(
+                f"expected tables to be a list of 1-{MAX_TABLES} table names (backup_type "
+                f"'tables'); got {tables!r:.80}"
+            )
+    elif tables:
+        raise invalid(f"expected no tables with backup_type {backup_type!r} (only with 'tables')")
+    gzip = body.get("gzip", True)
+    if not isinstance(gzip, bool):
+        raise invalid(f"expected gzip to be true or false; got {gzip!r:.40}")
+    return BackupPlan(backup_type, tuple(tables or ()), gzip)
+
+
+def label_or_error(name: object) -> str:
+    try:
+        return check_label(name)
+    except LabelError as error:
+        raise ApiError(400, "bad_request", str(error)) from None
+
+
+def unknown_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(f"expected only the fields {', '.join(sorted(allowed))}; got {unknown}")
+
+
+class Backups:
+    """Backups of one app: starting, restoring, verifying, deleting; their routes."""
+
+    def __init__(self, config: Any, jobs: Jobs, profile_of: ProfileLookup) -> None:
+        self.config = config
+        self.jobs = jobs
+        self.profile_of = profile_of
+        self.files = BackupDir(config.data_dir)
+        self.secrets_dir = os.path.join(config.data_dir, "tmp")
+        self._toolbox = Toolbox({})
+
+    def dumper(self, db_type: str) -> Dumper:
+        try:
+            self._toolbox.tool_paths = configured_tool_paths(self.config)
+        except ToolError as error:
+            raise JobFailed(str(error)) from None
+        return dumper_for(db_type, self._toolbox, self.secrets_dir)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def start_backup(
+        self,
+        profile: Profile,
+        plan: BackupPlan,
+        name: str,
+        *,
+        schedule_id: str | None = None,
+        after: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Record a pending backup of ``profile`` and start it; ``after`` runs once it is
+        complete (a schedule's retention)."""
+        backup_id = new_id()
+        record: dict[str, Any] = {
+            "id": backup_id,
+            "kind": "backup",
+            "name": name,
+            "connection_id": profile.id,
+            "db_type": profile.db_type,
+            "backup_type": plan.backup_type,
+            "tables": list(plan.tables),
+            "gzip": plan.gzip,
+            "schedule_id": schedule_id,
+            "format": None,
+            "size": None,
+            "sha256": None,
+        }
+
+        async def run(job: RunningJob) -> dict[str, Any]:
+            dumper = self.dumper(profile.db_type)
+            workspace = Workspace(self.files, backup_id, backup_id[:12], job)
+            try:
+                fields = await _explained(dumper.backup(job, profile, plan, workspace))
+                final = self.files.final_name(backup_id, dumper.extension(plan))
+                workspace.commit(final)
+            finally:
+                workspace.cleanup()
+            done = {**fields, "file": final}
+            if after is not None:
+                try:
+                    await after({**record, **done})
+                except Exception:  # retention is housekeeping: it never fails the backup
+                    log.exception("after backup %s", backup_id)
+            return done
+
+        return await self.jobs.submit(record, run)
+
+    async def start_restore(self, backup: dict[str, Any], target: Profile) -> dict[str, Any]:
+        restore_id = new_id()
+        record: dict[str, Any] = {
+            "id": restore_id,
+            "kind": "restore",
+            "name": f"restore of {backup.get('name', '')}",
+            "backup_id": backup["id"],
+            "connection_id": target.id,
+            "db_type": target.db_type,
+        }
+
+        async def run(job: RunningJob) -> dict[str, Any]:
+            dumper = self.dumper(target.db_type)
+            workspace = Workspace(self.files, backup["id"], restore_id[:12], job)
+            try:
+                return await _explained(dumper.restore(job, target, backup, workspace))
+            finally:
+                workspace.cleanup()
+
+        return await self.jobs.submit(record, run)
+
+    async def verify(self, backup: dict[str, Any]) -> dict[str, Any]:
+        """Recompute the sha256 and check the format (a copy is checked, never the file)."""
+        expected = backup.get("sha256")
+        actual: str | None = None
+        problems: list[str] = []
+        try:
+            fd = self.files.open_read(str(backup["file"]))
+            try:
+                _, actual = await anyio.to_thread.run_sync(hash_fd, fd)
+            finally:
+                os.close(fd)
+        except BackupFileError as error:
+            problems.append(str(error))
+        if actual is not None and actual != expected:
+            problems.append(
+                f"the sha256 is {actual}, but {expected} was recorded: the file changed"
+            )
+        format_problem: str | None = None
+        if actual is not None:
+            workspace = Workspace(self.files, backup["id"], new_id()[:12], None)
+            try:
+                format_problem = await self.dumper(backup["db_type"]).check_format(
+                    backup, workspace
+                )
+            except (JobFailed, BackupFileError) as error:
+                format_problem = str(error)
+            finally:
+                workspace.cleanup()
+            if format_problem:
+                problems.append(format_problem)
+        return {
+            "success": not problems,
+            "id": backup["id"],
+            "sha256": actual,
+            "expected_sha256": expected,
+            "sha256_matches": actual is not None and actual == expected,
+            "format": backup.get("format"),
+            "format_ok": actual is not None and format_problem is None,
+            "error": "; ".join(problems) or None,
+            "checked_at": now_iso(),
+        }
+
+    async def delete(self, backup: dict[str, Any]) -> None:
+        await self.jobs.cancel(backup["id"], "cancelled: the backup was deleted")
+        if backup.get("file"):
+            self.files.remove(str(backup["file"]))
+        await self.jobs.delete(backup["id"])
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def _backup(self, backup_id: str) -> dict[str, Any]:
+        record = await self.jobs.get(backup_id)
+        if record is None or record.get("kind") != "backup":
+            raise ApiError(
+                404,
+                "not_found",
+                "expected the id of a backup (GET /api/v1/backups lists them); got "
+                + describe(backup_id),
+            )
+        return record
+
+    @staticmethod
+    def _completed(record: dict[str, Any], action: str) -> None:
+        if record.get("status") != "completed":
+            raise ApiError(
+                409,
+                "backup_not_completed",
+                f"expected a completed backup to {action}; this one is {record.get('status')}"
+                + (f" ({record['error']})" if record.get("error") else ""),
+            )
+
+    def routes(self, streams: Streams) -> list[BaseRoute]:
+        @api
+        async def list_backups(request: Request) -> Response:
+            connection_id = request.query_params.get("connection_id")
+            records = await self.jobs.records("backup")
+            return JSONResponse(
+                [
+                    public_view(r)
+                    for r in records
+                    if connection_id is None or r.get("connection_id") == connection_id
+                ]
+            )
+
+        @api
+        async def create_backup(request: Request) -> Response:
+            body = await read_object(request)
+            unknown_fields(body, BACKUP_FIELDS)
+            connection_id = body.get("connection_id")
+            if not isinstance(connection_id, str):
+                raise invalid(
+                    "expected connection_id to be the id of a saved connection; got "
+                    f"{connection_id!r:.60}"
+                )
+            name = body.get("name")
+            label = label_or_error(name) if name is not None else None
+            plan = parse_plan(body)
+            profile = await self.profile_of(connection_id)
+            label = label or f"{profile.name} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}"
+            record = await self.start_backup(profile, plan, label)
+            return JSONResponse(public_view(record), status_code=202)
+
+        @api
+        async def get_backup(request: Request) -> Response:
+            return JSONResponse(public_view(await self._backup(request.path_params["id"])))
+
+        @api
+        async def delete_backup(request: Request) -> Response:
+            record = await self._backup(request.path_params["id"])
+            await self.delete(record)
+            return JSONResponse({"success": True, "id": record["id"]})
+
+        @api
+        async def restore_backup(request: Request) -> Response:
+            body = await read_object(request)
+            unknown_fields(body, RESTORE_FIELDS)
+            record = await self._backup(request.path_params["id"])
+            self._completed(record, "restore")
+            target_id = body.get("target_connection_id") or record["connection_id"]
+            if not isinstance(target_id, str):
+                raise invalid(
+                    f"expected target_connection_id to be a connection id; got {target_id!r:.60}"
+                )
+            target = await self.profile_of(target_id)
+            if target.db_type != record["db_type"]:
+                raise invalid(
+                    f"expected a {record['db_type']} connection to restore this backup into; "
+                    f"got a {target.db_type} one"
+                )
+            job = await self.start_restore(record, target)
+            return JSONResponse(public_view(job), status_code=202)
+
+        @api
+        async def download_backup(request: Request) -> Response:
+            record = await self._backup(request.path_params["id"])
+            self._completed(record, "download")
+            try:
+                fd = self.files.open_read(str(record["file"]))
+            except BackupFileError as error:
+                raise ApiError(409, "backup_file_unusable", str(error)) from None
+            size = os.fstat(fd).st_size
+            filename = download_name(
+                str(record.get("name") or "backup"), _extension(str(record["file"]))
+            )
+            return StreamingResponse(
+                _read_chunks(fd),
+                media_type="application/octet-stream",
+                headers={
+                    "Content-Length": str(size),
+                    "Content-Disposition": f'attachment; filename="{filename}"',
+                    "X-Backup-Sha256": str(record.get("sha256") or ""),
+                },
+            )
+
+        @api
+        async def verify_backup(request: Request) -> Response:
+            record = await self._backup(request.path_params["id"])
+            self._completed(record, "verify")
+            return JSONResponse(await self.verify(record))
+
+        async def stream(websocket: WebSocket) -> None:
+            kinds = ("backup", "restore")
+            # Subscribed before the snapshot is read: an event in between is sent after it.
+            with self.jobs.subscribe() as events:
+                unfinished = [r for r in await self.jobs.records() if r.get("status") in UNFINISHED]
+                await websocket.send_text(
+                    json.dumps(
+                        {
+                            "type": "snapshot",
+                            "backups": [
+                                public_view(r) for r in unfinished if r["kind"] == "backup"
+                            ],
+                            "restores": [
+                                public_view(r) for r in unfinished if r["kind"] == "restore"
+                            ],
+                        }
+                    )
+                )
+                async for event in events:
+                    if any(kind in event for kind in kinds):
+                        await websocket.send_text(json.dumps(event))
+
+        async def backups_stream(websocket: WebSocket) -> None:
+            await streams.serve("backups", websocket, stream)
+
+        prefix = "/api/v1/backups"
+        return [
+            route(prefix, {"GET": list_backups, "POST": create_backup}),
+            route(f"{prefix}/{{id}}", {"GET": get_backup, "DELETE": delete_backup}),
+            route(f"{prefix}/{{id}}/restore", {"POST": restore_backup}),
+            route(f"{prefix}/{{id}}/download", {"GET": download_backup}),
+            route(f"{prefix}/{{id}}/verify", {"POST": verify_backup}),
+            WebSocketRoute("/ws/backups", backups_stream),
+        ]
+
+
+async def _explained(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """A dumper's result, with file and tool failures turned into the job's error message."""
+    try:
+        return await work
+    except BackupFileError as error:
+        raise JobFailed(str(error)) from None
+    except OSError as error:
+        what = f" {error.filename}" if error.filename else ""
+        raise JobFailed(f"{error.strerror or error}{what}") from None
+
+
+def _extension(file_name: str) -> str:
+    return file_name[file_name.index(".") :] if "." in file_name else ""
+
+
+async def _read_chunks(fd: int) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK_BYTES):
+            yield chunk
+    finally:
+        os.close(fd)

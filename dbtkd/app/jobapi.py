@@ -1,0 +1,160 @@
+"""The process side of the API, mounted on the app: backups, schedules, jobs and two streams.
+
+``mount_jobs(app, config, streams)`` adds the routes of ``backups`` and ``schedules``, the
+jobs routes below, and the streams ``/ws/backups``, ``/ws/migrator``, ``/ws/terminal``. It
+sets ``app.state.jobs`` (the ``Jobs`` registry: the worker's stop calls its ``cancel_all``,
+its pongs report ``running()``) and ``app.state.jobs_running`` (their count, for idle exit),
+and wraps the app's lifespan: at startup, jobs left unfinished by a dead worker are failed
+(``jobs.startup``), files such a worker left are swept, and the scheduler starts; at shutdown
+anything still running is cancelled. Mounting reads no file and imports no driver.
+
+Jobs routes: ``GET /api/v1/jobs[?kind=backup|restore|migration]``, ``GET /api/v1/jobs/{id}``,
+``POST /api/v1/jobs/{id}/cancel``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, WebSocketRoute
+
+from dbtkd.app.backups import Backups, ProfileLookup
+from dbtkd.app.children import sweep_secret_files
+from dbtkd.app.db.profiles import Profile, ProfileStore
+from dbtkd.app.endpoints import ApiError, JSONResponse, api, route
+from dbtkd.app.jobs import UNFINISHED, Jobs, public_view
+from dbtkd.app.migrator import Migrator
+from dbtkd.app.responses import describe
+from dbtkd.app.schedules import Schedules
+from dbtkd.app.streams import Streams
+from dbtkd.app.terminal import Terminal
+
+log = logging.getLogger("dbtkd.app.jobs")
+
+STREAM_NAMES = ("backups", "migrator", "terminal")
+# What a job still running when the app shuts down is marked failed with (the worker's stop
+# normally cancels them first, with the reason the supervisor gives).
+SHUTDOWN_REASON = "interrupted by stop"
+KINDS = ("backup", "restore", "migration")
+
+
+def _profile_lookup(app: Starlette, data_dir: str) -> ProfileLookup:
+    """Saved connections by id: the database API's store when the app exposes it, else the
+    connections file itself (written through before every answer, so never stale)."""
+
+    async def profile_of(connection_id: str) -> Profile:
+        database = getattr(app.state, "database", None)
+        if database is not None:
+            profile: Profile = await database.profiles.get(connection_id)
+            return profile
+        return await ProfileStore(data_dir).get(connection_id)
+
+    return profile_of
+
+
+def job_routes(jobs: Jobs) -> list[BaseRoute]:
+    @api
+    async def list_jobs(request: Request) -> Response:
+        kind = request.query_params.get("kind")
+        if kind is not None and kind not in KINDS:
+            raise ApiError(
+                422,
+                "invalid_params",
+                f"expected kind one of {', '.join(KINDS)}; got {describe(kind)}",
+            )
+        return JSONResponse([public_view(r) for r in await jobs.records(kind)])
+
+    async def _job(job_id: str) -> dict[str, Any]:
+        record = await jobs.get(job_id)
+        if record is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"expected the id of a job (GET /api/v1/jobs lists them); got {describe(job_id)}",
+            )
+        return record
+
+    @api
+    async def get_job(request: Request) -> Response:
+        return JSONResponse(public_view(await _job(request.path_params["id"])))
+
+    @api
+    async def cancel_job(request: Request) -> Response:
+        record = await _job(request.path_params["id"])
+        if record.get("status") not in UNFINISHED:
+            raise ApiError(
+                409, "job_finished", f"expected a running job; this one is {record.get('status')}"
+            )
+        if not await jobs.cancel(record["id"], "cancelled by the user"):
+            raise ApiError(
+                409, "job_elsewhere", "the job runs in another worker (a version handoff); retry"
+            )
+        return JSONResponse(public_view(await _job(record["id"])))
+
+    return [
+        route("/api/v1/jobs", {"GET": list_jobs}),
+        route("/api/v1/jobs/{id}", {"GET": get_job}),
+        route("/api/v1/jobs/{id}/cancel", {"POST": cancel_job}),
+    ]
+
+
+def mount_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
+    """Add the jobs routes and streams to ``app``; returns its ``Jobs`` (``app.state.jobs``)."""
+    jobs = Jobs(config.data_dir)
+    profile_of = _profile_lookup(app, config.data_dir)
+    backups = Backups(config, jobs, profile_of)
+    schedules = Schedules(config.data_dir, backups, profile_of)
+    app.router.routes.extend(
+        [
+            *backups.routes(streams),
+            *schedules.routes(),
+            *job_routes(jobs),
+            WebSocketRoute("/ws/migrator", Migrator(streams, jobs, profile_of)),
+            WebSocketRoute("/ws/terminal", Terminal(streams)),
+        ]
+    )
+    app.state.jobs = jobs
+    app.state.jobs_running = lambda: len(jobs.running())
+    previous = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with previous(app) as state, anyio.create_task_group() as group:
+            await jobs.startup(group)
+            try:
+                await anyio.to_thread.run_sync(_sweep, jobs, backups)
+            except OSError:  # housekeeping: never a reason not to serve
+                log.exception("could not sweep the files of dead workers")
+            group.start_soon(schedules.run)
+            try:
+                yield state
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await jobs.cancel_all(SHUTDOWN_REASON)
+                group.cancel_scope.cancel()
+
+    app.router.lifespan_context = lifespan
+    return jobs
+
+
+def _sweep(jobs: Jobs, backups: Backups) -> None:
+    """Remove work files of dead workers: hidden backup files no unfinished job claims, and
+    secret files (passfiles) of workers that are gone."""
+    records = jobs.store.read_sync()
+    claimed = {
+        os.path.basename(path)
+        for record in records.values()
+        if record.get("status") in UNFINISHED
+        for path in record.get("partial_files") or []
+    }
+    if os.path.isdir(backups.files.path) and not os.path.islink(backups.files.path):
+        backups.files.sweep(claimed)
+    sweep_secret_files(backups.secrets_dir)

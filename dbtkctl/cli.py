@@ -15,9 +15,10 @@ import sys
 import time
 from types import SimpleNamespace
 
-from dbtkctl.client import Client, ensure_running, pid_alive, upgrade_if_older
+from dbtkctl.client import Client, ensure_running, upgrade_if_older
 from dbtkd import __version__, paths, protocol
 from dbtkd.errors import DaemonError, DbtkError, NotRunning
+from dbtkd.procstats import pid_alive
 
 TYPE_CHECKING = False  # typing and argparse cost ~7 ms; see _fast_args
 if TYPE_CHECKING:

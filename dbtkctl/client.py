@@ -142,44 +142,6 @@ def _read_message(channel: ipc.Channel) -> dict[str, Any]:
     return protocol.decode_message(buffer.partition(b"\n")[0])
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs. A zombie (exited, not yet reaped by its parent) has exited.
-
-    Never signals on Windows, where ``os.kill`` would terminate the process.
-    """
-    if sys.platform == "win32":
-        return _windows_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            return file.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we know
-
-
-def _windows_pid_alive(pid: int) -> bool:  # pragma: no cover - Windows only, one seam
-    import ctypes
-
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    process_query_limited_information = 0x1000
-    still_active = 259
-    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
-    if not handle:
-        return bool(kernel32.GetLastError() == 5)  # access denied: it exists
-    try:
-        code = ctypes.c_ulong()
-        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and (
-            code.value == still_active
-        )
-    finally:
-        kernel32.CloseHandle(handle)
-
-
 def daemon_command() -> list[str]:
     """How to run ``dbtkd`` from here: the frozen sibling executable, or this interpreter."""
     if getattr(sys, "frozen", False):

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 
-from dbtkctl.client import pid_alive
+from dbtkd.procstats import pid_alive
 
 TYPE_CHECKING = False  # importing typing costs status and stop ~3 ms
 if TYPE_CHECKING:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbtkctl.client import pid_alive
 from dbtkctl.service import oscmd
 from dbtkd.errors import DbtkError, NotRunning
 from dbtkd.paths import RuntimePaths
+from dbtkd.procstats import pid_alive
 
 SECONDS = 1.0
 # A daemon asked to stop drains its jobs for up to 5 s (DESIGN §2), then needs a moment to

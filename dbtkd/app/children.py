@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import anyio
 
+from dbtkd.procstats import PGRP, SESSION, START_TIME, STATE, pid_alive, stat_fields
+
 SECONDS = 1.0
 # A SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel (a dead
 # NFS mount), and waiting more would only hold up a stop that must finish in 2 s.
@@ -185,36 +187,20 @@ async def spawn(
 # -- /proc (Linux): who is in a group or a session, and is a pid still the process we started --
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` after the command name: field 3 (state) is index 0."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            raw = file.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    return raw.rpartition(")")[2].split()
-
-
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started (clock ticks since boot; field 22), to tell it from a reused pid."""
-    fields = _stat_fields(pid) if LINUX else None
-    return int(fields[19]) if fields and len(fields) > 19 else None
+    fields = stat_fields(pid) if LINUX else None
+    return int(fields[START_TIME]) if fields and len(fields) > START_TIME else None
 
 
 def is_running(pid: int, ticks: int | None = None) -> bool:
     """True if ``pid`` is alive (not a zombie) and, when ``ticks`` is given, started then."""
-    if LINUX:
-        fields = _stat_fields(pid)
-        if fields is None or fields[0] in ("Z", "X"):
+    if LINUX and ticks is not None:
+        fields = stat_fields(pid)
+        if fields is None or fields[STATE] in ("Z", "X"):
             return False
-        return ticks is None or (len(fields) > 19 and int(fields[19]) == ticks)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return len(fields) > START_TIME and int(fields[START_TIME]) == ticks
+    return pid_alive(pid)
 
 
 def _members(index: int, value: int) -> list[int]:
@@ -222,20 +208,20 @@ def _members(index: int, value: int) -> list[int]:
     with contextlib.suppress(OSError):
         for name in os.listdir("/proc"):
             if name.isdigit():
-                fields = _stat_fields(int(name))
-                if fields and fields[index] == str(value) and fields[0] not in ("Z", "X"):
+                fields = stat_fields(int(name))
+                if fields and fields[index] == str(value) and fields[STATE] not in ("Z", "X"):
                     members.append(int(name))
     return members
 
 
 def group_members(pgid: int) -> list[int]:
     """Live processes in process group ``pgid`` (Linux; elsewhere empty)."""
-    return _members(2, pgid) if LINUX else []
+    return _members(PGRP, pgid) if LINUX else []
 
 
 def session_members(sid: int) -> list[int]:
     """Live processes in session ``sid`` (Linux; elsewhere empty)."""
-    return _members(3, sid) if LINUX else []
+    return _members(SESSION, sid) if LINUX else []
 
 
 def kill_stale_group(pgid: int, leader_ticks: int | None) -> bool:

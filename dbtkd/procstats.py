@@ -4,8 +4,9 @@
 zombie has exited); ``read`` gives RSS, PSS and CPU time for metrics and ``dbtkctl status``.
 Stdlib only and typing-free at run time, because ``dbtkctl`` imports it. Where ``/proc``
 does not exist (macOS, Windows) ``read`` returns what ``resource`` knows about ourselves and
-None for the rest, so callers never branch on the OS. PSS (proportional set size) is the honest figure for two processes sharing a runtime: each
-shared page is split between them instead of counted twice as RSS would.
+None for the rest, so callers never branch on the OS. PSS (proportional set size) is the
+honest figure for two processes sharing a runtime: each shared page is split between them
+instead of counted twice as RSS would.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import time
 from dbtkd import ipc, protocol
 from dbtkd.errors import DaemonError, DbtkError, NotRunning, ProtocolMismatch, StartFailed
 from dbtkd.paths import RuntimePaths, data_paths
+from dbtkd.systemd import HANDOVER_ENV_PREFIXES
 
 TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotations need it
 if TYPE_CHECKING:
@@ -150,16 +151,11 @@ def daemon_command() -> list[str]:
     return [sys.executable, "-m", "dbtkd"]
 
 
-# systemd hands these to the process it starts; a daemon we spawn must not believe they are
-# meant for it (it would notify or adopt sockets that belong to someone else).
-_STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
-
-
 def spawn_daemon(runtime: RuntimePaths, extra_args: list[str]) -> Any:
     """Start a detached ``dbtkd`` (new session, stdio to /dev/null, cwd /); return the Popen."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(HANDOVER_ENV_PREFIXES)}
     argv = [*daemon_command(), *extra_args]
     if runtime.home is not None:
         argv += ["--home", runtime.home]

@@ -183,10 +183,7 @@ class ControlServer:
         try:
             request = protocol.decode_request(line)
             request_id = request.id
-            streaming = request.cmd in ("attach", "handoff") or (
-                request.cmd == "logs" and request.args.get("follow") is True
-            )
-            stream = Stream(writer, request_id) if streaming else None
+            stream = Stream(writer, request_id) if protocol.opens_stream(request) else None
             command: Command = getattr(self.handler, "cmd_" + request.cmd)
             result = await command(request, stream)
         except RequestError as exc:

@@ -49,8 +49,6 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "handoff": {"version": ((str,), True), "nonce": ((str,), False)},
 }
 
-STREAMING_COMMANDS = frozenset({"attach", "logs"})  # "logs" streams only with follow=true
-
 
 class Request:
     """A decoded, validated request; ``args`` holds every field but ``id`` and ``cmd``."""
@@ -194,6 +192,13 @@ def decode_request(line: bytes) -> Request:
         if required and name not in message:
             raise RequestError(INVALID_PARAMS, f"{cmd}: missing {name!r}", request_id)
     return Request(id=request_id, cmd=cmd, args=message)
+
+
+def opens_stream(request: Request) -> bool:
+    """Does this request keep its connection for events (or, ``handoff``, more lines)?"""
+    return request.cmd in ("attach", "handoff") or (
+        request.cmd == "logs" and request.args.get("follow") is True
+    )
 
 
 def _dump(message: dict[str, Any]) -> bytes:

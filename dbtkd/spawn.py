@@ -22,9 +22,7 @@ from typing import Any
 
 from dbtkd import __version__, sockshare
 from dbtkd.settings import Settings
-
-# systemd hands these to the process it starts; they are the supervisor's, never the worker's.
-STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+from dbtkd.systemd import HANDOVER_ENV_PREFIXES
 
 
 class Spawned:
@@ -38,7 +36,7 @@ class Spawned:
 
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The environment for the worker: no systemd hand-over variables, nothing secret."""
-    clean = {k: v for k, v in env.items() if not k.startswith(STRIPPED_ENV_PREFIXES)}
+    clean = {k: v for k, v in env.items() if not k.startswith(HANDOVER_ENV_PREFIXES)}
     clean["PYTHONUNBUFFERED"] = "1"
     return clean
 

@@ -12,6 +12,9 @@ import socket
 from collections.abc import Mapping
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed descriptors start at 3
+# What systemd hands the process it starts. They are the supervisor's alone: a worker or a
+# daemon spawned on demand must not believe they are meant for it.
+HANDOVER_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 
 
 def notify(message: str, env: Mapping[str, str]) -> bool:

@@ -10,11 +10,11 @@ by ``dbtkctl service``.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
 
+from dbtkd import state
 from dbtkd.procstats import pid_alive
 
 TYPE_CHECKING = False  # importing typing costs status and stop ~3 ms
@@ -51,13 +51,8 @@ def unit_dir(env: Mapping[str, str], user_home: str) -> str:
 
 def running_daemon(runtime: RuntimePaths) -> dict[str, Any] | None:
     """The state file of a live daemon of this profile, read without connecting to it."""
-    # dbtkd.state.read_json would do, but it imports typing (~3 ms on every status).
-    try:
-        with open(runtime.state_file, encoding="utf-8") as file:
-            document = json.load(file)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or not isinstance(document.get("pid"), int):
+    document = state.read_json(runtime.state_file)
+    if document is None or not isinstance(document.get("pid"), int):
         return None
     return document if pid_alive(document["pid"]) else None
 

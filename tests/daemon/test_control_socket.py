@@ -32,6 +32,8 @@ def still_serving(daemon: Daemon) -> None:
         (b'{"id": 1}\n', "invalid_request"),
         (b'{"id": 1, "cmd": "explode"}\n', "unknown_command"),
         (b'{"id": 1, "cmd": "logs", "lines": "all"}\n', "invalid_params"),
+        (b'{"id": 1, "cmd": "stop", "timeout": -1}\n', "invalid_params"),  # and no stop
+        (b'{"id": 1, "cmd": "logs", "lines": -5}\n', "invalid_params"),
         (b'{"id": 1, "cmd": "port", "id": 2}\n', "invalid_request"),
         (b'{"id": 1, "cmd": "stop", "timeout": NaN}\n', "parse_error"),
         (b'{"id": 1, "cmd": "stop", "timeout": Infinity}\n', "parse_error"),

@@ -167,7 +167,7 @@ async def test_a_store_from_a_newer_daemon_is_read_but_never_written(tmp_path: P
     (tmp_path / "jobs.json").write_text('{"format": 2, "jobs": [{"id": "a"}], "future": true}')
     store = RecordStore(str(tmp_path), "jobs.json", "jobs")
     assert list(store.read_sync()) == ["a"]
-    from dbtkd.app.db.storefile import StoreTooNewError
+    from dbtkd.app.store import StoreTooNewError
 
     with pytest.raises(StoreTooNewError, match="format 2"):
         await store.update(lambda records: records.clear())

@@ -22,9 +22,9 @@ Records = dict[str, Record]
 class RecordStore:
     """The records of one file (``key`` names the list inside the document)."""
 
-    def __init__(self, data_dir: str, file_name: str, key: str) -> None:
+    def __init__(self, data_dir: str, file_name: str, key: str, *, indent: int | None = 1) -> None:
         self.key = key
-        self.store = Store(data_dir, file_name, initial=lambda: {key: []})
+        self.store = Store(data_dir, file_name, initial=lambda: {key: []}, indent=indent)
         self.path = self.store.path
 
     def _records(self, document: Document) -> Records:

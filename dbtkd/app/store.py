@@ -98,6 +98,9 @@ class Store:
     ``initial`` makes the document of a store that has no file yet (or an unreadable one).
     ``durable=False`` skips the two fsyncs: the rename still keeps the file whole, but a power
     cut may lose the last writes (for the query history, which is written on every query).
+    ``indent=None`` writes the file on one line: ``json``'s C encoder does not indent, and is
+    about four times faster than its indenting one (for files written often, and seldom read
+    by people).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Store:
         migrations: Migrations | None = None,
         initial: Callable[[], Document] = dict,
         durable: bool = True,
+        indent: int | None = 1,
     ) -> None:
         self.data_dir = data_dir
         self.file_name = file_name
@@ -117,6 +121,7 @@ class Store:
         self.migrations = migrations or {}
         self.initial = initial
         self.durable = durable
+        self.indent = indent
         self._lock = anyio.Lock()
 
     # -- reading -----------------------------------------------------------------------------
@@ -194,7 +199,9 @@ class Store:
         return result
 
     def _write(self, document: Document) -> None:
-        data = json.dumps({**document, "format": self.current_format}, indent=1).encode("utf-8")
+        data = json.dumps({**document, "format": self.current_format}, indent=self.indent).encode(
+            "utf-8"
+        )
         # mkstemp creates the file 0600 (never readable by others, not even briefly) in the
         # same directory, so the rename stays within one file system.
         fd, temporary = tempfile.mkstemp(

@@ -67,6 +67,7 @@ class QueryHistory:
             current_format=CURRENT_FORMAT,
             initial=lambda: {"connections": {}},
             durable=False,
+            indent=None,
         )
         self.path = self.store.path
         self._batch = _Batch()

@@ -52,9 +52,9 @@ def connection_routes(database: Database) -> list[BaseRoute]:
 
     @api
     async def update_connection(request: Request) -> Response:
-        existing = await profiles.get(request.path_params["id"])
-        profile = build_profile(await read_object(request), existing)
-        await profiles.save(profile)
+        # Merged over the saved profile inside the store's lock: an edit made meanwhile (in
+        # another window) is kept, and a connection deleted meanwhile stays deleted (404).
+        profile = await profiles.edit(request.path_params["id"], await read_object(request))
         # Open connections were made with the old settings (host, password...).
         await sessions.disconnect(profile.id)
         return JSONResponse(profile.public_view())

@@ -23,8 +23,8 @@ from starlette.routing import Route
 from dbtkd.app.db.history import QueryHistory
 from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError, ProfileStore
 from dbtkd.app.db.sessions import Sessions
-from dbtkd.app.db.storefile import StoreTooNewError
 from dbtkd.app.responses import ErrorResponse, describe
+from dbtkd.app.store import StoreTooNewError
 
 log = logging.getLogger("dbtkd.app.db")
 

@@ -34,6 +34,7 @@ from dbtkd.app.jobs import UNFINISHED, Jobs, public_view
 from dbtkd.app.migrator import Migrator
 from dbtkd.app.responses import describe
 from dbtkd.app.schedules import Schedules
+from dbtkd.app.store import remove_interrupted_writes
 from dbtkd.app.streams import Streams
 from dbtkd.app.terminal import Terminal
 
@@ -146,8 +147,10 @@ def mount_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
 
 
 def _sweep(jobs: Jobs, backups: Backups) -> None:
-    """Remove work files of dead workers: hidden backup files no unfinished job claims, and
-    secret files (passfiles) of workers that are gone."""
+    """Remove work files of dead workers: temporary files of store writes they never finished
+    (which may hold passwords), hidden backup files no unfinished job claims, and secret files
+    (passfiles) of workers that are gone."""
+    remove_interrupted_writes(jobs.data_dir)
     records = jobs.store.read_sync()
     claimed = {
         os.path.basename(path)

@@ -16,14 +16,12 @@ import logging
 import time
 from typing import Any
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from dbtkd.app.db.engine import DatabaseError, QueryResult
 from dbtkd.app.db.history import DEFAULT_LIST_LIMIT, MAX_ENTRIES_PER_CONNECTION
-from dbtkd.app.db.storefile import StoreTooNewError
 from dbtkd.app.endpoints import (
     Database,
     JSONResponse,
@@ -35,6 +33,7 @@ from dbtkd.app.endpoints import (
     read_object,
     route,
 )
+from dbtkd.app.store import StoreTooNewError
 
 log = logging.getLogger("dbtkd.app.db")
 
@@ -103,11 +102,8 @@ def query_routes(database: Database) -> list[BaseRoute]:
             error = failure.message
         document = query_document(result, error, time.perf_counter() - started)
         try:
-            await history.load()
-        except OSError as failure:
-            log.warning("could not read the query history: %s", failure)
-        else:
-            history.add(
+            # Before the answer: a query that was answered is in the history.
+            await history.add(
                 profile.id,
                 query=query,
                 success=document["success"],
@@ -116,15 +112,10 @@ def query_routes(database: Database) -> list[BaseRoute]:
                 rows_affected=document["rows_affected"],
                 error=error,
             )
-        # Written once the response is out: a page of rows need not wait for a file.
-        return JSONResponse(document, background=BackgroundTask(save_history))
-
-    async def save_history() -> None:
-        try:
-            await history.save()
         except (OSError, StoreTooNewError) as failure:
-            # The query ran; failing to note it must not fail anything else.
+            # The query ran; failing to note it must not fail its answer.
             log.warning("could not save the query history: %s", failure)
+        return JSONResponse(document)
 
     @api
     async def list_history(request: Request) -> Response:

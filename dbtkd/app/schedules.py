@@ -162,6 +162,17 @@ def build_schedule(body: dict[str, Any], existing: Record | None) -> Record:
     }
 
 
+def _found(record: Record | None, schedule_id: str) -> Record:
+    if record is None:
+        raise ApiError(
+            404,
+            "not_found",
+            f"expected the id of a backup schedule (GET /api/v1/backup-schedules lists them); "
+            f"got {describe(schedule_id)}",
+        )
+    return record
+
+
 class Schedules:
     """The schedules store, the scheduler task, and the routes."""
 
@@ -291,15 +302,7 @@ class Schedules:
     # -- routes ------------------------------------------------------------------------------
 
     async def _get(self, schedule_id: str) -> Record:
-        record = (await self.store.read()).get(schedule_id)
-        if record is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"expected the id of a backup schedule (GET /api/v1/backup-schedules lists them); "
-                f"got {describe(schedule_id)}",
-            )
-        return record
+        return _found((await self.store.read()).get(schedule_id), schedule_id)
 
     def routes(self) -> list[BaseRoute]:
         @api
@@ -321,19 +324,30 @@ class Schedules:
 
         @api
         async def update_schedule(request: Request) -> Response:
-            existing = await self._get(request.path_params["id"])
-            record = build_schedule(await read_object(request), existing)
-            if record["connection_id"] != existing["connection_id"]:
-                await self.profile_of(record["connection_id"])
-            await self.store.update(lambda records: records.__setitem__(record["id"], record))
+            schedule_id = request.path_params["id"]
+            body = await read_object(request)
+            connection_id = body.get("connection_id")
+            existing = await self._get(schedule_id)
+            if isinstance(connection_id, str) and connection_id != existing["connection_id"]:
+                await self.profile_of(connection_id)  # 404 for an unknown connection
+
+            def change(records: Records) -> Record:
+                # Merged over the schedule as it is now, inside the store's lock: an edit made
+                # meanwhile is kept, and a schedule deleted meanwhile stays deleted (404).
+                record = build_schedule(body, _found(records.get(schedule_id), schedule_id))
+                records[schedule_id] = record
+                return record
+
+            record = await self.store.update(change)
             self.poke()
             return JSONResponse(record)
 
         @api
         async def delete_schedule(request: Request) -> Response:
             schedule_id = request.path_params["id"]
-            await self._get(schedule_id)
-            await self.store.update(lambda records: records.pop(schedule_id, None))
+            await self.store.update(
+                lambda records: _found(records.pop(schedule_id, None), schedule_id)
+            )
             self.poke()
             return JSONResponse({"success": True, "id": schedule_id})
 

@@ -4,7 +4,8 @@ A profile says how to reach one database: ``db_type`` (``sqlite``, ``postgresql`
 MariaDB included), ``host``, ``port``, ``database`` (for SQLite an absolute file path),
 ``username`` and ``password``. The password is write-only: ``public_view`` replaces it with
 ``has_password`` and nothing else ever returns or logs it. Profiles live in
-``<data dir>/connections.json`` (0600, ``"format": 1``, atomic writes; see ``storefile``). A
+``<data dir>/connections.json`` (0600, ``"format": 1``, changed only through
+``dbtkd.app.store``: read the freshest copy, change it, write it atomically, under one lock). A
 fresh data dir gets one embedded SQLite connection, ``local``, whose file is inside the data
 dir, so the app has something to open with nothing installed; deleting it sticks.
 """
@@ -14,14 +15,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
-
-from dbtkd.app.db import storefile
+from dbtkd.app.store import Document, Store
 
 CURRENT_FORMAT = 1
 STORE_FILE = "connections.json"
@@ -32,6 +30,7 @@ DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 EMBEDDED_ID = "local"
 EMBEDDED_NAME = "Local SQLite"
 EMBEDDED_FILE = "local.sqlite3"
+T = TypeVar("T")
 # Long enough for any sensible label or host name; short enough to keep the list readable.
 MAX_NAME_CHARS = 200
 MAX_FIELD_CHARS = 4096
@@ -225,96 +224,82 @@ def _profile_from_stored(entry: Mapping[str, Any]) -> Profile:
 
 
 class ProfileStore:
-    """The saved connections, cached in memory, written through to the data dir.
+    """The saved connections, in ``connections.json`` (a ``Store``: every change is made to
+    the freshest copy on disk, under its lock, and is on disk before it returns).
 
-    One instance per worker; the instance lock guarantees one worker per data dir, so the
-    in-memory copy is authoritative. Mutations are serialised by an ``anyio.Lock`` and return
-    only once the file is on disk, so a saved connection survives a worker crash.
+    Nothing is cached: every read is of the file as it is now, so the other worker of a version
+    handoff, or a second ``ProfileStore`` of the same data dir, never sees a stale list.
     """
 
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
-        self.path = os.path.join(data_dir, STORE_FILE)
-        self._lock = anyio.Lock()
-        self._profiles: dict[str, Profile] | None = None
-        self._extra: dict[str, Any] = {}  # keys this version does not use, kept on write
-        self._format_on_disk = CURRENT_FORMAT
-
-    async def _loaded(self) -> dict[str, Profile]:
-        if self._profiles is None:
-            async with self._lock:
-                if self._profiles is None:
-                    await anyio.to_thread.run_sync(self._load)
-        assert self._profiles is not None
-        return self._profiles
-
-    def _load(self) -> None:
-        storefile.ensure_private_dir(self.data_dir)
-        loaded = storefile.load(self.path, CURRENT_FORMAT, MIGRATIONS)
-        if loaded is None:
-            embedded = Profile(
-                id=EMBEDDED_ID,
-                name=EMBEDDED_NAME,
-                db_type="sqlite",
-                host=None,
-                port=None,
-                database=os.path.join(self.data_dir, EMBEDDED_FILE),
-                username=None,
-            )
-            self._profiles = {embedded.id: embedded}
-            self._write()
-            return
-        document = loaded.document
-        self._format_on_disk = loaded.format_on_disk
-        self._extra = {k: v for k, v in document.items() if k not in ("format", "connections")}
-        self._profiles = {}
-        for entry in document.get("connections", []):
-            if isinstance(entry, dict) and entry.get("id") and entry.get("db_type") in DB_TYPES:
-                profile = _profile_from_stored(entry)
-                self._profiles[profile.id] = profile
-            else:
-                # Hand-edited or from a future version: kept in the file, not offered.
-                self._extra.setdefault("unsupported", []).append(entry)
-        if loaded.format_on_disk < CURRENT_FORMAT:
-            self._write()  # the migration is done once, not at every start
-
-    def _write(self, profiles: dict[str, Profile] | None = None) -> None:
-        profiles = self._profiles if profiles is None else profiles
-        assert profiles is not None
-        document = {**self._extra, "connections": [p.stored() for p in profiles.values()]}
-        storefile.write(
-            self.path,
-            document,
-            format_on_disk=self._format_on_disk,
-            current_format=CURRENT_FORMAT,
+        self.store = Store(
+            data_dir, STORE_FILE, migrations=MIGRATIONS, initial=self._fresh_data_dir
         )
-        self._format_on_disk = CURRENT_FORMAT
+        self.path = self.store.path
+
+    def _fresh_data_dir(self) -> Document:
+        embedded = Profile(
+            id=EMBEDDED_ID,
+            name=EMBEDDED_NAME,
+            db_type="sqlite",
+            host=None,
+            port=None,
+            database=os.path.join(self.data_dir, EMBEDDED_FILE),
+            username=None,
+        )
+        return {"connections": [embedded.stored()]}
 
     async def all(self) -> list[Profile]:
-        return list((await self._loaded()).values())
+        return list(_profiles(await self.store.read()).values())
 
     async def get(self, profile_id: str) -> Profile:
-        profile = (await self._loaded()).get(profile_id)
+        profile = _profiles(await self.store.read()).get(profile_id)
         if profile is None:
             raise ProfileNotFoundError(profile_id)
         return profile
 
     async def save(self, profile: Profile) -> None:
-        """Add or replace ``profile``; returns once it is on disk."""
-        await self._mutate(lambda profiles: profiles.__setitem__(profile.id, profile))
+        """Add ``profile`` (or replace the one with its id); returns once it is on disk."""
+        await self._change(lambda profiles: profiles.__setitem__(profile.id, profile))
+
+    async def edit(self, profile_id: str, body: Mapping[str, Any]) -> Profile:
+        """Merge a PUT ``body`` over the saved profile as it is now; returns the result."""
+
+        def change(profiles: dict[str, Profile]) -> Profile:
+            existing = profiles.get(profile_id)
+            if existing is None:
+                raise ProfileNotFoundError(profile_id)
+            profile = profiles[profile_id] = build_profile(body, existing)
+            return profile
+
+        return await self._change(change)
 
     async def delete(self, profile_id: str) -> None:
-        profiles = await self._loaded()
-        if profile_id not in profiles:
-            raise ProfileNotFoundError(profile_id)
-        await self._mutate(lambda profiles: profiles.pop(profile_id, None))
+        def change(profiles: dict[str, Profile]) -> None:
+            if profiles.pop(profile_id, None) is None:
+                raise ProfileNotFoundError(profile_id)
 
-    async def _mutate(self, change: Any) -> None:
-        current = await self._loaded()
-        async with self._lock:
-            updated = dict(current)
-            change(updated)
-            # Written before the in-memory copy changes: a refused or failed write (newer
-            # format, full disk) leaves both as they were.
-            await anyio.to_thread.run_sync(self._write, updated)
-            self._profiles = updated
+        await self._change(change)
+
+    async def _change(self, change: Callable[[dict[str, Profile]], T]) -> T:
+        def apply(document: Document) -> T:
+            profiles = _profiles(document)
+            result = change(profiles)
+            document["connections"] = [profile.stored() for profile in profiles.values()]
+            return result
+
+        return await self.store.update(apply)
+
+
+def _profiles(document: Document) -> dict[str, Profile]:
+    """The usable profiles of a document, by id. Entries this version cannot use (hand-edited,
+    or from a future version) move to ``unsupported``: kept in the file, not offered."""
+    profiles: dict[str, Profile] = {}
+    for entry in document.get("connections") or []:
+        if isinstance(entry, dict) and entry.get("id") and entry.get("db_type") in DB_TYPES:
+            profile = _profile_from_stored(entry)
+            profiles[profile.id] = profile
+        else:
+            document.setdefault("unsupported", []).append(entry)
+    return profiles

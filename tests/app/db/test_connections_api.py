@@ -20,7 +20,7 @@ PUBLIC_FIELDS = {"id", "name", "db_type", "host", "port", "database", "username"
 
 
 def test_a_fresh_daemon_offers_one_embedded_sqlite_connection_in_its_data_dir(
-    daemon: Daemon,
+    daemon: Daemon, sqlite: DbServer
 ) -> None:
     api = Api(daemon)
     (embedded,) = api.ok("GET", "/api/v1/connections")
@@ -37,8 +37,13 @@ def test_a_fresh_daemon_offers_one_embedded_sqlite_connection_in_its_data_dir(
     }
     assert api.run("local", "SELECT sqlite_version()")["rows"][0][0]
     assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    # Reading writes nothing; the first change writes the embedded connection with it.
+    assert not (data_dir / "connections.json").exists()
+    added = api.create(sqlite, "added")
     assert stat.S_IMODE(os.stat(data_dir / "connections.json").st_mode) == 0o600
-    assert json.loads((data_dir / "connections.json").read_text())["format"] == 1
+    stored = json.loads((data_dir / "connections.json").read_text())
+    assert stored["format"] == 1
+    assert [c["id"] for c in stored["connections"]] == ["local", added]
 
 
 def test_saved_connections_survive_a_worker_crash_and_a_daemon_restart(

@@ -167,8 +167,30 @@ async def test_a_store_from_a_newer_daemon_is_read_but_never_written(tmp_path: P
     (tmp_path / "jobs.json").write_text('{"format": 2, "jobs": [{"id": "a"}], "future": true}')
     store = RecordStore(str(tmp_path), "jobs.json", "jobs")
     assert list(store.read_sync()) == ["a"]
-    from dbtkd.app.db.storefile import StoreTooNewError
+    from dbtkd.app.store import StoreTooNewError
 
     with pytest.raises(StoreTooNewError, match="format 2"):
         await store.update(lambda records: records.clear())
     assert "future" in (tmp_path / "jobs.json").read_text()
+
+
+@pytest.mark.anyio
+async def test_a_job_deleted_while_it_runs_is_never_written_back(tmp_path: Path) -> None:
+    # What a backup deleted from another window (or after its cancel gave up) still writes
+    # about itself must not bring its record back.
+    jobs = Jobs(str(tmp_path))
+    deleted = anyio.Event()
+
+    async def body(job: RunningJob) -> dict[str, Any]:
+        await deleted.wait()
+        await job.add_partial(str(tmp_path / ".late-partial"))
+        return {}
+
+    async with anyio.create_task_group() as group:
+        await jobs.startup(group)
+        record = await jobs.submit({"id": new_id(), "kind": "backup", "name": "x"}, body)
+        assert await jobs.delete(record["id"]) is not None
+        deleted.set()
+        assert (await jobs.wait(record["id"]) or {}).get("status") == "completed"
+        group.cancel_scope.cancel()
+    assert record["id"] not in jobs.store.read_sync()

@@ -2,7 +2,7 @@
 
 ``Worker.adopt`` takes a process ``dbtkd.spawn`` started (the first one before asyncio was
 even imported) and starts two pumps: its output into the supervisor's log, and its reply pipe
-(pongs) into ``activity``; ``Worker.start`` spawns and adopts in one step. The
+into ``activity`` (pongs) and the supervisor's subreaper (``orphans`` notices). The
 supervisor decides what to do when a worker is ready, silent or gone; this module only knows
 how to find out.
 """
@@ -16,13 +16,12 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
-from dbtkd.spawn import Spawned, spawn
+from dbtkd.spawn import Spawned
 
 SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
@@ -98,7 +97,7 @@ class Worker:
     """One worker process and its pipes; owned by the supervisor, which must ``stop`` or
     ``kill`` it and then await ``proc.wait()`` and the ``pumps``."""
 
-    def __init__(self, spawned: Spawned) -> None:
+    def __init__(self, spawned: Spawned, on_orphans: Callable[[], None]) -> None:
         self.proc = Process(spawned.popen)
         self.pid = self.proc.pid
         assert spawned.popen.stdin is not None
@@ -118,18 +117,15 @@ class Worker:
         self.stop_requested = False
         self.killed_by_watchdog = False
         self.pumps: list[asyncio.Task[None]] = []
+        self._on_orphans = on_orphans  # one of its programs exited: sweep what it left
 
     @classmethod
-    async def start(
-        cls, listener: socket.socket, env: dict[str, str], token: str, settings: dict[str, Any]
-    ) -> Worker:
-        """Spawn a worker serving ``listener``; ``settings`` becomes its second stdin line."""
-        return await cls.adopt(spawn(listener, env, token, settings))
+    async def adopt(cls, spawned: Spawned, on_orphans: Callable[[], None]) -> Worker:
+        """Take charge of a worker ``dbtkd.spawn`` started (maybe before asyncio ran).
 
-    @classmethod
-    async def adopt(cls, spawned: Spawned) -> Worker:
-        """Take charge of a worker ``dbtkd.spawn`` started (maybe before asyncio ran)."""
-        worker = cls(spawned)
+        ``on_orphans`` is called when the worker reports that a program it started exited.
+        """
+        worker = cls(spawned, on_orphans)
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(worker.output), worker._stdout
@@ -169,6 +165,8 @@ class Worker:
                     self.last_pong = time.monotonic()
                     self.activity = message
                     self.pong_received.set()
+                elif message.get("op") == "orphans":
+                    self._on_orphans()
 
     def order(self, op: str, **fields: Any) -> None:
         """Send one order line. The pipe is non-blocking: if a hung worker let it fill up,

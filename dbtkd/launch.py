@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, handoff, lock, port, spawn, state
+from dbtkd import __version__, handoff, lock, port, spawn, state, subreaper
 from dbtkd.errors import DbtkError, StartFailed
 from dbtkd.logfile import LogFile
 from dbtkd.settings import LOG_LEVELS, Settings, load
@@ -47,6 +47,7 @@ class Launch:
         self.handed_over_from: str | None = None
         self.carried_leases: list[dict[str, Any]] = []
         self.first_worker: spawn.Spawned | None = None
+        self.subreaper = False  # do orphans of the worker's programs come to us (Linux)?
 
     def acquire(self) -> None:
         """A fresh start: take the instance lock and bind the port."""
@@ -116,6 +117,9 @@ def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
             settings, env, port=launch.port, started_at=launch.started_at, restarts=0
         ),
     )
+    # After the spawn, so loading ctypes overlaps the worker's start-up. Early enough: a
+    # program can only be started by a request, and the worker serves none for ~100 ms.
+    launch.subreaper = subreaper.become_subreaper()
     return launch
 
 

@@ -1,7 +1,8 @@
 """Processes as the OS reports them: alive or not, memory, CPU; ``/proc`` read in one place.
 
-``stat_fields`` parses ``/proc/PID/stat``; ``pid_alive`` says whether a pid still runs (a
-zombie has exited); ``read`` gives RSS, PSS and CPU time for metrics and ``dbtkctl status``.
+``stat_fields`` parses ``/proc/PID/stat`` (``stat_entry`` keeps the command name too);
+``pid_alive`` says whether a pid still runs (a zombie has exited); ``read`` gives RSS, PSS and
+CPU time for metrics and ``dbtkctl status``.
 Stdlib only and typing-free at run time, because ``dbtkctl`` imports it. Where ``/proc``
 does not exist (macOS, Windows) ``read`` returns what ``resource`` knows about ourselves and
 None for the rest, so callers never branch on the OS. PSS (proportional set size) is the
@@ -26,17 +27,25 @@ if TYPE_CHECKING:
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # Indexes into ``stat_fields`` (stat(5) field number minus 3: the list starts at "state").
-STATE, PGRP, SESSION, UTIME, STIME, START_TIME = 0, 2, 3, 11, 12, 19
+STATE, PPID, PGRP, SESSION, UTIME, STIME, START_TIME = 0, 1, 2, 3, 11, 12, 19
 
 
-def stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` after the command name (index 0 is the state), or None."""
+def stat_entry(pid: int) -> tuple[str, list[str]] | None:
+    """The command name and the fields after it of ``/proc/PID/stat``, or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
             raw = file.read().decode("ascii", "replace")
     except OSError:
         return None
-    return raw.rpartition(")")[2].split()
+    # The name is in parentheses and may hold anything, ")" and spaces included.
+    head, _, rest = raw.rpartition(")")
+    return head.partition("(")[2], rest.split()
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name (index 0 is the state), or None."""
+    entry = stat_entry(pid)
+    return entry[1] if entry else None
 
 
 def pid_alive(pid: int) -> bool:

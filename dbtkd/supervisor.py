@@ -34,6 +34,7 @@ from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
 from dbtkd.launch import Launch
+from dbtkd.subreaper import Subreaper
 
 SECONDS = 1.0
 # The worker's job cancellation (<= 2 s, rare) and graceful drain (2 s), inside the 5 s a stop
@@ -51,6 +52,9 @@ IDLE_CHECK_INTERVAL_MAX = 1 * SECONDS
 # A live loop answers a ping in microseconds; a hung one is the watchdog's business.
 FRESH_PONG_TIMEOUT = 2 * SECONDS
 EXIT_CONFIG = 78  # the worker's "fatal configuration error" status (sysexits EX_CONFIG)
+# Killing what the last worker's programs left takes milliseconds; the bound keeps a process
+# stuck in the kernel (a dead NFS mount) from holding up the exit.
+ORPHANS_DRAIN_TIMEOUT = 1 * SECONDS
 
 log = logging.getLogger("dbtkd.supervisor")
 
@@ -76,7 +80,11 @@ class Supervisor:
         self.restart_done: asyncio.Event | None = None
         self.port = launch.port
         self.listener: socket.socket | None = launch.listener
-        self.first_worker = launch.first_worker  # spawned before asyncio; adopted first
+        # A worker spawned and not yet adopted: the first one (spawned before asyncio), then
+        # each replacement while ``Worker.adopt`` sets it up. Already ours to the subreaper.
+        self.unadopted = launch.first_worker
+        # Linux: what the worker's programs leave behind comes to us, to be killed and reaped.
+        self.subreaper = Subreaper(self._worker_pids) if launch.subreaper else None
         self.failed_server: asyncio.Server | None = None
         self.control: ControlServer | None = None
         self.state_written = False
@@ -111,6 +119,8 @@ class Supervisor:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop, signum)
+            if self.subreaper is not None:
+                loop.add_signal_handler(signal.SIGCHLD, self.subreaper.schedule)
             supervise = asyncio.create_task(self._supervise())
             keepalive = asyncio.create_task(self._keepalive())
             idle = asyncio.create_task(self._idle_exit())
@@ -126,13 +136,15 @@ class Supervisor:
                 await self.stop_worker(code=self.stop_code)
                 supervise.cancel()
                 await asyncio.gather(supervise, keepalive, idle, return_exceptions=True)
+                if self.subreaper is not None:
+                    await self.subreaper.drain(ORPHANS_DRAIN_TIMEOUT)
         except DbtkError as exc:
             log.error("%s", exc)  # a detached daemon's stderr is /dev/null: the log is all
             raise
         finally:
-            if self.first_worker is not None:  # never adopted: we failed before supervising
-                self.first_worker.popen.kill()
-                self.first_worker.popen.wait()
+            if self.unadopted is not None:  # never adopted: we failed before supervising
+                self.unadopted.popen.kill()
+                self.unadopted.popen.wait()
             await self._cleanup()
             lock.release(self.lock_fd)
         log.info("dbtkd stopped")
@@ -207,14 +219,13 @@ class Supervisor:
     async def _supervise(self) -> None:
         backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
-            if self.first_worker is not None:
-                worker = self.worker = await Worker.adopt(self.first_worker)
-                self.first_worker = None
-            else:
+            if self.unadopted is None:
                 assert self.listener is not None
-                worker = self.worker = await Worker.start(
+                self.unadopted = spawn.spawn(
                     self.listener, self.env, self.token, self._worker_settings()
                 )
+            worker = self.worker = await Worker.adopt(self.unadopted, self._sweep_soon)
+            self.unadopted = None
             taking_over = self.handoff_connection is not None
             timeout = handoff.READY_TIMEOUT if taking_over else WORKER_READY_TIMEOUT
             ready = await worker.wait_ready(self.port, timeout, self.stopping)
@@ -231,6 +242,9 @@ class Supervisor:
                     worker.kill()
                     await worker.proc.wait()
             await asyncio.gather(*worker.pumps, return_exceptions=True)
+            # Its programs died with it; what they started is ours. Scheduled, not run here:
+            # the next worker's spawn comes first, and its start-up overlaps the sweep.
+            self._sweep_soon()
             self.ready.clear()
             if self.stopping.is_set():
                 return
@@ -337,6 +351,17 @@ class Supervisor:
         state.write_atomic(self.settings.data.last_port_file, f"{self.port}\n")
         state.write_atomic(self.settings.runtime.legacy_port_file, f"{self.port}\n")
         self.state_written = True
+
+    def _worker_pids(self) -> list[int]:
+        """Our children that are workers (not yet reaped): never the subreaper's to touch."""
+        popens = [self.worker.proc.popen] if self.worker is not None else []
+        if self.unadopted is not None:
+            popens.append(self.unadopted.popen)
+        return [popen.pid for popen in popens if popen.returncode is None]
+
+    def _sweep_soon(self) -> None:
+        if self.subreaper is not None:
+            self.subreaper.schedule()
 
     def _worker_settings(self) -> dict[str, Any]:
         """The worker's settings line (``spawn`` adds its probe nonce and socket)."""

@@ -3,11 +3,11 @@
 The supervisor starts it with ``dbtkd _worker --reply-fd N``. Its stdin is a private pipe from
 the supervisor: the first line is the token (so no secret is in argv or the environment), the
 second a JSON object with everything else, then one JSON order per line (``ping``, ``stop``).
-Replies (``pong``) go back on the reply pipe. A reader thread owns stdin, because the Windows
-Proactor loop cannot read an anonymous pipe; when stdin reaches EOF the supervisor is gone and
-the worker exits at once without draining. SIGINT and SIGTERM are ignored: the worker runs in
-its own process group and takes orders only from its pipe. Logs go to stderr, which the
-supervisor reads into its log file.
+Replies (``pong``, and ``orphans`` when a program it started exits) go back on the reply
+pipe. A reader thread owns stdin, because the Windows Proactor loop cannot read an anonymous
+pipe; when stdin reaches EOF the supervisor is gone and the worker exits at once without
+draining. SIGINT and SIGTERM are ignored: the worker runs in its own process group and takes
+orders only from its pipe. Logs go to stderr, which the supervisor reads into its log file.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
     from dbtkd import sockshare
-    from dbtkd.app import AppConfig, create_app
+    from dbtkd.app import AppConfig, children, create_app
     from dbtkd.app.meter import Meter
 
     loop = asyncio.get_running_loop()
@@ -200,6 +200,9 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
 
     orders = Orders(loop, reply_fd, activity, supervisor_view)
     orders.start()
+    # What an exited program left behind was handed to the supervisor (dbtkd.subreaper),
+    # silently: tell it to kill those now.
+    children.exit_listeners.add(lambda: orders.reply({"op": "orphans"}))
 
     async def shutdown_trigger() -> None:
         code = await orders.stop_code

@@ -2,14 +2,20 @@
 
 Every program a job or a stream runs (dump tools, migration commands, shells) starts here, as
 an argv list, never a shell string. Each child leads a new process group (``process_group=0``)
-or, for a terminal, a new session with the PTY as its controlling terminal, so one ``killpg``
-stops the program and whatever it started. On Linux each child also gets
-``PR_SET_PDEATHSIG = SIGKILL``: a worker killed with ``kill -9`` takes its children with it,
-and the next worker finds nothing of them still running. The environment is built per child
-from the worker's, without the daemon's own variables; a secret reaches a child through a 0600
-file (``secret_file``) or that child's own environment, never its argv.
+or, for a terminal, a new session with the PTY as its controlling terminal. On Linux each
+child is also made a *child subreaper* (``PR_SET_CHILD_SUBREAPER``, kept across exec): a
+process it started whose own parent dies is handed to it, not to init, so while it runs every
+process it started is among its descendants, whatever group or session they moved to
+(``setsid``, a double fork). ``Child.kill`` walks that tree in ``/proc`` and kills all of it
+with the group (and session). When the program itself exits, what it left behind passes to the
+supervisor, the subreaper above it (``dbtkd.subreaper``): ``exit_listeners`` hear of each exit
+at once (the worker tells the supervisor, which kills them). ``PR_SET_PDEATHSIG = SIGKILL``
+takes the children down with a worker killed by ``kill -9``; the supervisor then gets their
+leftovers too. The environment is built per child from the worker's, without the daemon's own
+variables; a secret reaches a child through a 0600 file (``secret_file``) or that child's own
+environment, never its argv.
 
-``Child.kill`` is synchronous (a signal), so cancellation code can call it before awaiting
+``Child.kill`` is synchronous (signals), so cancellation code can call it before awaiting
 anything; ``Child.kill_and_reap`` then waits for the exit status, so no zombie is left.
 """
 
@@ -27,13 +33,15 @@ from typing import IO, Any
 
 import anyio
 
-from dbtkd.procstats import PGRP, SESSION, START_TIME, STATE, pid_alive, stat_fields
+from dbtkd import proctree
+from dbtkd.procstats import pid_alive
 
 SECONDS = 1.0
 # A SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel (a dead
 # NFS mount), and waiting more would only hold up a stop that must finish in 2 s.
 REAP_TIMEOUT = 1 * SECONDS
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 LINUX = sys.platform.startswith("linux")
 POSIX = os.name == "posix"
 # Variables that belong to the daemon (and systemd's hand-over to it), never to its children.
@@ -43,6 +51,10 @@ DAEMON_PREFIXES = ("DBTK_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 CREDENTIAL_VARIABLES = frozenset({"PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "MYSQL_PWD"})
 
 StdioTarget = int | IO[Any] | None
+
+# Called on the event loop the moment any child started here exits. The worker adds one that
+# asks the supervisor to kill what the child left behind (its orphans are the supervisor's now).
+exit_listeners: set[Callable[[], None]] = set()
 
 
 def child_environment(
@@ -86,6 +98,9 @@ def _preexec(controlling_tty: bool) -> Callable[[], None] | None:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:  # the worker died before prctl took effect
                 os._exit(1)
+            # Whatever the program starts stays in its subtree while it runs, even a process
+            # whose parent died (a double fork, a ``setsid`` helper), so ``kill`` finds it.
+            prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         if controlling_tty:
             import fcntl
 
@@ -108,13 +123,44 @@ class Child:
         self.pgid = process.pid  # process_group=0 / setsid: the child leads its own group
         self.session = session
         self.start_ticks = start_ticks(self.pid)
+        self._watch_exit()
 
     @property
     def returncode(self) -> int | None:
         return self.process.returncode
 
+    def _watch_exit(self) -> None:
+        """Call ``exit_listeners`` the moment the program exits (Linux: through a pidfd).
+
+        Not ``process.wait()``: asyncio answers that only once the child's pipes have closed
+        too, and a process the program left behind may hold them open for ever.
+        """
+        if not LINUX:
+            return
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:  # exited and already reaped
+            _notify_exit()
+            return
+        except OSError:  # a kernel before 5.3: leftovers wait for the next exit or sweep
+            return
+        now = proctree.read(self.pid)
+        if now is None or now.start_ticks != self.start_ticks:  # reaped, its pid reused
+            os.close(pidfd)
+            _notify_exit()
+            return
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            _notify_exit()
+
+        loop.add_reader(pidfd, exited)
+
     def kill(self) -> None:
-        """SIGKILL the whole group (and, for a session, every process still in it)."""
+        """SIGKILL the program and everything it started: its descendants (in any group or
+        session), every process of its group, and for a terminal every one of its session."""
         if not POSIX:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
@@ -122,22 +168,35 @@ class Child:
         if self.process.returncode is not None and is_running(self.pgid):
             # The leader was reaped and its pid is in use again: that is someone else now.
             return
+        for proc in self._tree():
+            proctree.kill(proc)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, signal.SIGKILL)
-        if self.session:
-            # A shell with job control puts each job in a group of its own, inside its session.
-            for pid in session_members(self.pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+
+    def _tree(self) -> list[proctree.Proc]:
+        """The processes to kill, from one read of ``/proc`` (Linux; elsewhere none)."""
+        table = proctree.snapshot()
+        found: dict[int, proctree.Proc] = {}
+        leader = table.get(self.pid)
+        if leader is not None and leader.start_ticks == self.start_ticks:
+            # Still our program, not a reused pid. A subreaper: all it started is under it.
+            found[self.pid] = leader
+            found.update((proc.pid, proc) for proc in proctree.descendants(table, self.pid))
+        for proc in table.values():
+            # Its group (and session) id stays reserved while any member lives: still ours.
+            if proc.pgrp == self.pgid or (self.session and proc.session == self.pid):
+                found[proc.pid] = proc
+        return list(found.values())
 
     async def wait(self) -> int:
         return await self.process.wait()
 
     async def kill_and_reap(self) -> int | None:
-        """Kill the group, then collect the leader's exit status (within ``REAP_TIMEOUT``).
+        """Kill it all, then collect the leader's exit status (within ``REAP_TIMEOUT``).
 
-        The leader is our child and is reaped here; anything it started was reparented when
-        it died and is reaped by init. Shielded: it runs to the end in cancelled code too.
+        The leader is our child and is reaped here; what it started passed to the supervisor
+        when it died, which reaps it (Linux; elsewhere init does). Shielded: it runs to the
+        end in cancelled code too.
         """
         self.kill()
         with anyio.CancelScope(shield=True), anyio.move_on_after(REAP_TIMEOUT):
@@ -184,44 +243,26 @@ async def spawn(
     return Child(process, session=session)
 
 
-# -- /proc (Linux): who is in a group or a session, and is a pid still the process we started --
+# -- /proc (Linux): is a pid still the process we started ------------------------------------
 
 
 def start_ticks(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot; field 22), to tell it from a reused pid."""
-    fields = stat_fields(pid) if LINUX else None
-    return int(fields[START_TIME]) if fields and len(fields) > START_TIME else None
+    """When ``pid`` started (clock ticks since boot), to tell it from a reused pid."""
+    proc = proctree.read(pid)
+    return proc.start_ticks if proc else None
 
 
 def is_running(pid: int, ticks: int | None = None) -> bool:
     """True if ``pid`` is alive (not a zombie) and, when ``ticks`` is given, started then."""
     if LINUX and ticks is not None:
-        fields = stat_fields(pid)
-        if fields is None or fields[STATE] in ("Z", "X"):
-            return False
-        return len(fields) > START_TIME and int(fields[START_TIME]) == ticks
+        proc = proctree.read(pid)
+        return proc is not None and not proc.exited and proc.start_ticks == ticks
     return pid_alive(pid)
 
 
-def _members(index: int, value: int) -> list[int]:
-    members = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                fields = stat_fields(int(name))
-                if fields and fields[index] == str(value) and fields[STATE] not in ("Z", "X"):
-                    members.append(int(name))
-    return members
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes in process group ``pgid`` (Linux; elsewhere empty)."""
-    return _members(PGRP, pgid) if LINUX else []
-
-
-def session_members(sid: int) -> list[int]:
-    """Live processes in session ``sid`` (Linux; elsewhere empty)."""
-    return _members(SESSION, sid) if LINUX else []
+def _notify_exit() -> None:
+    for listener in list(exit_listeners):
+        listener()
 
 
 def kill_stale_group(pgid: int, leader_ticks: int | None) -> bool:

@@ -7,6 +7,7 @@ the blocking client side stays cheap for ``dbtkctl``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -105,8 +106,31 @@ async def start_server(
     from dbtkd.paths import ensure_private_dir
 
     ensure_private_dir(os.path.dirname(address))
-    server = await asyncio.start_unix_server(
-        accepted, path=address, backlog=LISTEN_BACKLOG, **options
+    return await asyncio.start_unix_server(
+        accepted, sock=_listening_socket(address), backlog=LISTEN_BACKLOG, **options
     )
-    os.chmod(address, 0o600)
-    return server
+
+
+def _listening_socket(address: str) -> socket.socket:
+    """A socket already listening, 0600, that appears at ``address`` in one rename.
+
+    Bound straight to ``address``, the file would exist before ``listen()`` (and before the
+    chmod): a client that sees the file in that window gets ECONNREFUSED and may take the
+    daemon for dead. Binding a private name first and renaming it closes the window.
+    """
+    # Short on purpose: the socket path is kept under sun_path's 108 bytes (dbtkd.paths).
+    temporary = os.path.join(os.path.dirname(address), f".{os.getpid()}.s")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(temporary)
+        os.chmod(temporary, 0o600)
+        sock.listen(LISTEN_BACKLOG)
+        os.replace(temporary, address)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return sock

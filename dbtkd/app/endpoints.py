@@ -23,6 +23,7 @@ from starlette.routing import Route
 from dbtkd.app.db.history import QueryHistory
 from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError, ProfileStore
 from dbtkd.app.db.sessions import Sessions
+from dbtkd.app.jsontext import lone_surrogate_path
 from dbtkd.app.responses import ErrorResponse, describe
 from dbtkd.app.store import StoreTooNewError
 
@@ -112,6 +113,15 @@ async def read_object(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiError(
             400, "bad_request", f"expected a JSON object as the body; got a {type(value).__name__}"
+        )
+    where = lone_surrogate_path(value)
+    if where is not None:
+        # Stored, it would break every later answer that lists it (see jsontext).
+        raise ApiError(
+            400,
+            "invalid_text",
+            f"expected {where} to be text UTF-8 can carry; got a lone surrogate "
+            "(a \\ud800-\\udfff escape without its pair). Nothing was saved.",
         )
     return value
 

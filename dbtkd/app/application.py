@@ -44,19 +44,28 @@ class GuardedStarlette(Starlette):
 
 def create_app(config: AppConfig) -> Starlette:
     """The app for one worker. ``app.state.streams`` is its ``Streams`` registry: the worker
-    calls ``await app.state.streams.close_all(code)`` on a stop order."""
+    calls ``await app.state.streams.close_all(code)`` on a stop order. ``app.state.events``
+    is its change feed: routes publish each change a client made there."""
+    from dbtkd.app.events import STREAM_NAME as EVENTS_STREAM
+    from dbtkd.app.events import ChangeFeed, event_routes
     from dbtkd.app.jobapi import STREAM_NAMES as JOB_STREAM_NAMES
     from dbtkd.app.jobapi import mount_jobs  # backups, schedules, jobs, migrator, terminal
 
-    streams = Streams((*STREAM_NAMES, *JOB_STREAM_NAMES))
+    streams = Streams((*STREAM_NAMES, *JOB_STREAM_NAMES, EVENTS_STREAM))
     from dbtkd.app.database import database_routes  # the DB API: connections, queries, ...
 
-    routes = [*build_routes(config, streams), *database_routes(config, streams)]
+    events = ChangeFeed()
+    routes = [
+        *build_routes(config, streams),
+        *database_routes(config, streams),
+        *event_routes(events, streams),
+    ]
     app = GuardedStarlette(config, routes, EXCEPTION_HANDLERS)
     # A JSON API has no use for redirecting "/x/" to "/x": that would answer 307 where a
     # client made a mistake worth a 404.
     app.router.redirect_slashes = False
     app.state.config = config
     app.state.streams = streams
+    app.state.events = events  # the change feed of /ws/events (dbtkd.app.events)
     mount_jobs(app, config, streams)  # app.state.jobs: the worker's stop cancels its jobs
     return app

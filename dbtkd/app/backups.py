@@ -41,6 +41,7 @@ from dbtkd.app.dumps import (
     hash_fd,
 )
 from dbtkd.app.endpoints import ApiError, JSONResponse, api, invalid, read_object, route
+from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, JobFailed, Jobs, RunningJob, new_id, now_iso, public_view
 from dbtkd.app.responses import describe
 from dbtkd.app.streams import Streams
@@ -294,6 +295,7 @@ class Backups:
         async def delete_backup(request: Request) -> Response:
             record = await self._backup(request.path_params["id"])
             await self.delete(record)
+            publish(request.app, "backup_changed", id=record["id"], status="deleted")
             return JSONResponse({"success": True, "id": record["id"]})
 
         @api

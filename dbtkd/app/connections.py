@@ -21,6 +21,7 @@ from dbtkd.app.db.engine import CONNECT_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile, ProfileNotFoundError, build_profile
 from dbtkd.app.db.sessions import engine_class
 from dbtkd.app.endpoints import Database, JSONResponse, api, read_object, route
+from dbtkd.app.events import publish
 
 log = logging.getLogger("dbtkd.app.db")
 
@@ -43,6 +44,7 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         profile = build_profile(await read_object(request))
         await profiles.save(profile)
         log.info("saved connection %s (%s)", profile.id, profile.db_type)
+        publish(request.app, "connection_created", id=profile.id)
         return JSONResponse(profile.public_view(), status_code=201)
 
     @api
@@ -57,6 +59,7 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         profile = await profiles.edit(request.path_params["id"], await read_object(request))
         # Open connections were made with the old settings (host, password...).
         await sessions.disconnect(profile.id)
+        publish(request.app, "connection_updated", id=profile.id)
         return JSONResponse(profile.public_view())
 
     @api
@@ -66,6 +69,7 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         await sessions.disconnect(profile_id)
         await database.history.clear(profile_id)
         log.info("deleted connection %s", profile_id)
+        publish(request.app, "connection_deleted", id=profile_id)
         return JSONResponse({"success": True, "id": profile_id})
 
     @api

@@ -110,6 +110,11 @@ def job_routes(jobs: Jobs) -> list[BaseRoute]:
 def mount_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
     """Add the jobs routes and streams to ``app``; returns its ``Jobs`` (``app.state.jobs``)."""
     jobs = Jobs(config.data_dir)
+    feed = getattr(app.state, "events", None)
+    if feed is not None:
+        from dbtkd.app.events import job_listener
+
+        jobs.listeners.append(job_listener(feed))
     profile_of = _profile_lookup(app, config.data_dir)
     backups = Backups(config, jobs, profile_of)
     schedules = Schedules(config.data_dir, backups, profile_of)

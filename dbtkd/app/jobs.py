@@ -172,6 +172,8 @@ class Jobs:
         self.store = RecordStore(data_dir, "jobs.json", "jobs", indent=None)
         self._active: dict[str, RunningJob] = {}
         self._subscribers: set[MemoryObjectSendStream[Event]] = set()
+        # Called with each record published (the change feed of /ws/events listens here).
+        self.listeners: list[Callable[[Record], None]] = []
         self._slots = anyio.Semaphore(max_concurrent)
         self._task_group: TaskGroup | None = None
         self._pid = os.getpid()
@@ -418,6 +420,8 @@ class Jobs:
     def publish(self, record: Record) -> None:
         kind = str(record["kind"])
         event = {"type": f"{kind}_update", kind: public_view(record)}
+        for listener in self.listeners:
+            listener(record)
         for subscriber in list(self._subscribers):
             try:
                 subscriber.send_nowait(event)

@@ -33,6 +33,7 @@ from dbtkd.app.endpoints import (
     read_object,
     route,
 )
+from dbtkd.app.events import may_change_schema, publish
 from dbtkd.app.store import StoreTooNewError
 
 log = logging.getLogger("dbtkd.app.db")
@@ -101,6 +102,8 @@ def query_routes(database: Database) -> list[BaseRoute]:
         except DatabaseError as failure:
             error = failure.message
         document = query_document(result, error, time.perf_counter() - started)
+        if may_change_schema(query):  # also after an error: part of a script may have run
+            publish(request.app, "schema_changed", connection_id=profile.id)
         try:
             # Before the answer: a query that was answered is in the history.
             await history.add(

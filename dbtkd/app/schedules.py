@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute
 from dbtkd.app.backups import Backups, ProfileLookup, label_or_error, parse_plan, unknown_fields
 from dbtkd.app.db.profiles import ProfileNotFoundError
 from dbtkd.app.endpoints import ApiError, JSONResponse, api, invalid, read_object, route
+from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, new_id, now_iso, public_view
 from dbtkd.app.recordstore import Record, Records, RecordStore
 from dbtkd.app.responses import describe
@@ -316,6 +317,7 @@ class Schedules:
             await self.profile_of(record["connection_id"])  # 404 for an unknown connection
             await self.store.update(lambda records: records.__setitem__(record["id"], record))
             self.poke()
+            publish(request.app, "schedule_changed", id=record["id"], deleted=False)
             return JSONResponse(record, status_code=201)
 
         @api
@@ -340,6 +342,7 @@ class Schedules:
 
             record = await self.store.update(change)
             self.poke()
+            publish(request.app, "schedule_changed", id=schedule_id, deleted=False)
             return JSONResponse(record)
 
         @api
@@ -349,6 +352,7 @@ class Schedules:
                 lambda records: _found(records.pop(schedule_id, None), schedule_id)
             )
             self.poke()
+            publish(request.app, "schedule_changed", id=schedule_id, deleted=True)
             return JSONResponse({"success": True, "id": schedule_id})
 
         @api

@@ -16,6 +16,18 @@ const REFRESH_EVENTS = new Set(['upgraded', 'reattached']);
 /** Prefix of every HTTP route (UI-CONTRACT §0). */
 const API_PREFIX = '/api/v1';
 
+// The UI's own caches (db-toolkit-ui at 7b36c9c: utils/constants.js, utils/localStorage.js,
+// services/indexedDB.js; UI-CONTRACT §0 "client caches"). A change another window made makes
+// some of them stale; watchChanges() removes exactly those.
+const CONNECTIONS_KEY = 'db_toolkit_connections';
+const SETTINGS_KEY = 'db_toolkit_settings';
+const SCHEMA_KEY_PREFIXES = ['db_toolkit_schema', 'db_toolkit_table_info'];
+const CACHE_DB = 'db-toolkit-cache';
+const SCHEMA_STORES = ['schema-cache', 'table-info']; // keys: `<id>` and `<id>_<schema>_<table>`
+// Reconnecting /ws/events after a restart or a daemon exit: 100 ms doubling to 5 s.
+const RECONNECT_FIRST_MS = 100;
+const RECONNECT_MAX_MS = 5000;
+
 /**
  * @param {object} [options]
  * @param {() => Promise<{url: string, headers: object, protocols: string[]}>} [options.backend]
@@ -95,7 +107,146 @@ export function createBackendClient(options = {}) {
     return new SocketClass(`${url.replace(/^http/, 'ws')}/ws/${name}`, protocols);
   }
 
-  return { info, refresh, axiosInterceptor, apiFetch, openSocket };
+  /**
+   * Subscribe this window to `/ws/events` (once per window). For each change any window made
+   * through the daemon it removes the UI caches the change made stale, then dispatches
+   * `dbtk:change` on `window` with the event as `detail` (a `resync` clears every cache it
+   * knows). Reconnects by itself, asking for what it missed (`?since=<epoch>:<seq>`).
+   * Returns `{ close() }`.
+   */
+  function watchChanges(watchOptions = {}) {
+    const target = watchOptions.target || globalThis.window;
+    const storage = watchOptions.storage || globalThis.localStorage;
+    const databases = watchOptions.indexedDB || globalThis.indexedDB;
+    let last = null; // "<epoch>:<seq>" of the last event handled
+    let lastEpoch = null;
+    let socket = null;
+    let closed = false;
+    let delay = RECONNECT_FIRST_MS;
+    let queue = Promise.resolve(); // events are handled one at a time, in order
+
+    async function handle(message) {
+      if (message.type === 'hello') {
+        if (lastEpoch === null) {
+          lastEpoch = message.epoch;
+          last = `${message.epoch}:${message.seq}`;
+        }
+        return;
+      }
+      if (message.type !== 'change' && message.type !== 'resync') return;
+      await clearCaches(message, storage, databases);
+      lastEpoch = message.epoch;
+      last = `${message.epoch}:${message.seq}`;
+      if (target && typeof target.dispatchEvent === 'function') {
+        target.dispatchEvent(new CustomEvent('dbtk:change', { detail: message }));
+      }
+    }
+
+    async function connect() {
+      if (closed) return;
+      try {
+        socket = await openSocket(last ? `events?since=${encodeURIComponent(last)}` : 'events');
+      } catch (error) {
+        retry();
+        return;
+      }
+      socket.onopen = () => {
+        delay = RECONNECT_FIRST_MS;
+      };
+      socket.onmessage = (event) => {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch (error) {
+          return;
+        }
+        queue = queue.then(() => handle(message)).catch(() => {});
+      };
+      socket.onclose = () => retry();
+    }
+
+    function retry() {
+      if (closed) return;
+      const wait = delay;
+      delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+      setTimeout(connect, wait);
+    }
+
+    connect();
+    return {
+      close() {
+        closed = true;
+        if (socket) socket.close();
+      },
+    };
+  }
+
+  return { info, refresh, axiosInterceptor, apiFetch, openSocket, watchChanges };
+}
+
+/** Remove the caches `message` made stale (see the constants above). */
+async function clearCaches(message, storage, databases) {
+  const keys = storage ? Object.keys(storage) : [];
+  const removeKeys = (test) => keys.filter(test).forEach((key) => storage.removeItem(key));
+  const forConnection = (id) => (key) => key.endsWith(`_${id}`) && SCHEMA_KEY_PREFIXES.some((p) => key.startsWith(p));
+  if (message.type === 'resync') {
+    removeKeys((key) => key === CONNECTIONS_KEY || key === SETTINGS_KEY || SCHEMA_KEY_PREFIXES.some((p) => key.startsWith(p)));
+    await clearIndexedDb(databases, null);
+    return;
+  }
+  const kind = message.kind;
+  if (kind === 'connection_created' || kind === 'connection_updated' || kind === 'connection_deleted') {
+    removeKeys((key) => key === CONNECTIONS_KEY);
+  }
+  if (kind === 'connection_updated' || kind === 'connection_deleted' || kind === 'schema_changed') {
+    const id = message.id || message.connection_id;
+    removeKeys(forConnection(id));
+    await clearIndexedDb(databases, id);
+  }
+  if (kind === 'settings_changed') removeKeys((key) => key === SETTINGS_KEY);
+}
+
+/** Delete one connection's schema entries (or, for `id` null, all) from the UI's IndexedDB. */
+function clearIndexedDb(databases, id) {
+  if (!databases || typeof databases.open !== 'function') return Promise.resolve();
+  return new Promise((resolve) => {
+    const request = databases.open(CACHE_DB);
+    // The UI never opened its cache in this profile: do not create it (with no stores) here.
+    request.onupgradeneeded = () => request.transaction.abort();
+    request.onerror = () => resolve();
+    request.onblocked = () => resolve();
+    request.onsuccess = () => {
+      const db = request.result;
+      const stores = SCHEMA_STORES.filter((name) => db.objectStoreNames.contains(name));
+      if (!stores.length) {
+        db.close();
+        resolve();
+        return;
+      }
+      const tx = db.transaction(stores, 'readwrite');
+      for (const name of stores) {
+        const store = tx.objectStore(name);
+        if (id === null) {
+          store.clear();
+          continue;
+        }
+        store.openCursor().onsuccess = (event) => {
+          const cursor = event.target.result;
+          if (!cursor) return;
+          const key = String(cursor.key);
+          if (key === id || key.startsWith(`${id}_`)) cursor.delete();
+          cursor.continue();
+        };
+      }
+      const done = () => {
+        db.close();
+        resolve();
+      };
+      tx.oncomplete = done;
+      tx.onerror = done;
+      tx.onabort = done;
+    };
+  });
 }
 
 function check(answer) {

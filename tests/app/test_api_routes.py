@@ -44,7 +44,13 @@ async def test_status_reports_daemon_worker_and_streams(app: Starlette) -> None:
     assert 99 < status["uptime"] < 200
     assert 9 < status["worker_uptime"] < 100
     assert status["worker_restarts"] == 3
-    assert status["websockets"] == {"logs": 0, "backups": 0, "migrator": 0, "terminal": 0}
+    assert status["websockets"] == {
+        "logs": 0,
+        "backups": 0,
+        "migrator": 0,
+        "terminal": 0,
+        "events": 0,
+    }
     assert TOKEN not in result.body.decode()
 
 

@@ -50,10 +50,33 @@ from dbtkd.app.tools import Toolbox, ToolError, configured_tool_paths
 log = logging.getLogger("dbtkd.app.backups")
 
 ProfileLookup = Callable[[str], Awaitable[Profile]]
-BACKUP_FIELDS = frozenset({"connection_id", "name", "backup_type", "tables", "gzip"})
-RESTORE_FIELDS = frozenset({"target_connection_id"})
+BACKUP_FIELDS = frozenset({"connection_id", "name", "backup_type", "tables", "gzip", "compress"})
+# backup_id and tables: what the UI sends (UI-CONTRACT §9.3); checked, then not needed.
+RESTORE_FIELDS = frozenset({"target_connection_id", "backup_id", "tables"})
+PERCENT = 100
 MAX_TABLES = 1000
 MAX_TABLE_NAME_CHARS = 1000
+
+
+def backup_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A backup as the API shows it: dbtkd's job fields, plus the names the UI reads
+    (UI-CONTRACT §9, D9): ``file_size``, ``compressed``, ``error_message``, ``file_path`` (the
+    download's file name, never a directory) and ``progress`` as a percentage (0-100)."""
+    view = public_view(record)
+    file = record.get("file")
+    progress = record.get("progress")
+    return {
+        **view,
+        "progress": round(progress * PERCENT, 1) if isinstance(progress, (int, float)) else None,
+        "file_size": record.get("size"),
+        "compressed": bool(record.get("gzip")),
+        "error_message": record.get("error"),
+        "file_path": (
+            download_name(str(record.get("name") or "backup"), _extension(str(file)))
+            if file
+            else ""
+        ),
+    }
 
 
 def parse_plan(body: dict[str, Any]) -> BackupPlan:
@@ -79,9 +102,11 @@ def parse_plan(body: dict[str, Any]) -> BackupPlan:
             )
     elif tables:
         raise invalid(f"expected no tables with backup_type {backup_type!r} (only with 'tables')")
-    gzip = body.get("gzip", True)
+    if "compress" in body and "gzip" in body and body["compress"] != body["gzip"]:
+        raise invalid("expected compress (the UI's name) and gzip to agree; got both, different")
+    gzip = body.get("gzip", body.get("compress", True))
     if not isinstance(gzip, bool):
-        raise invalid(f"expected gzip to be true or false; got {gzip!r:.40}")
+        raise invalid(f"expected gzip (or compress) to be true or false; got {gzip!r:.40}")
     return BackupPlan(backup_type, tuple(tables or ()), gzip)
 
 
@@ -261,13 +286,12 @@ class Backups:
         async def list_backups(request: Request) -> Response:
             connection_id = request.query_params.get("connection_id")
             records = await self.jobs.records("backup")
-            return JSONResponse(
-                [
-                    public_view(r)
-                    for r in records
-                    if connection_id is None or r.get("connection_id") == connection_id
-                ]
-            )
+            backups = [
+                backup_view(r)
+                for r in records
+                if connection_id is None or r.get("connection_id") == connection_id
+            ]
+            return JSONResponse({"success": True, "backups": backups})
 
         @api
         async def create_backup(request: Request) -> Response:
@@ -284,12 +308,13 @@ class Backups:
             plan = parse_plan(body)
             profile = await self.profile_of(connection_id)
             label = label or f"{profile.name} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}"
-            record = await self.start_backup(profile, plan, label)
-            return JSONResponse(public_view(record), status_code=202)
+            view = backup_view(await self.start_backup(profile, plan, label))
+            # The UI reads `backup`; dbtkd's clients read the record's own fields.
+            return JSONResponse({**view, "success": True, "backup": view}, status_code=202)
 
         @api
         async def get_backup(request: Request) -> Response:
-            return JSONResponse(public_view(await self._backup(request.path_params["id"])))
+            return JSONResponse(backup_view(await self._backup(request.path_params["id"])))
 
         @api
         async def delete_backup(request: Request) -> Response:
@@ -303,6 +328,16 @@ class Backups:
             body = await read_object(request)
             unknown_fields(body, RESTORE_FIELDS)
             record = await self._backup(request.path_params["id"])
+            if body.get("backup_id") not in (None, record["id"]):
+                raise invalid(
+                    f"expected backup_id to be this backup's id ({record['id']}) or absent; got "
+                    f"{body['backup_id']!r:.60}"
+                )
+            if body.get("tables"):
+                raise invalid(
+                    "expected no tables: a restore takes the whole backup (make a backup of "
+                    "the tables you want instead)"
+                )
             self._completed(record, "restore")
             target_id = body.get("target_connection_id") or record["connection_id"]
             if not isinstance(target_id, str):
@@ -316,7 +351,25 @@ class Backups:
                     f"got a {target.db_type} one"
                 )
             job = await self.start_restore(record, target)
-            return JSONResponse(public_view(job), status_code=202)
+            if request.query_params.get("wait") == "false":
+                # dbtkd's clients: the job at once; progress on /ws/backups (restore_update).
+                return JSONResponse(public_view(job), status_code=202)
+            # The UI (D9): answer when the restore has finished, as the old backend did.
+            finished = await self.jobs.wait(job["id"]) or job
+            if finished.get("status") != "completed":
+                raise ApiError(
+                    400,
+                    "restore_failed",
+                    f"expected the restore into {target.name!r} to succeed; it "
+                    f"{finished.get('status')}: {finished.get('error') or 'no reason given'}",
+                )
+            return JSONResponse(
+                {
+                    "success": True,
+                    "message": f"backup {record.get('name')!r} restored into {target.name!r}",
+                    "restore": public_view(finished),
+                }
+            )
 
         @api
         async def download_backup(request: Request) -> Response:
@@ -356,7 +409,7 @@ class Backups:
                         {
                             "type": "snapshot",
                             "backups": [
-                                public_view(r) for r in unfinished if r["kind"] == "backup"
+                                backup_view(r) for r in unfinished if r["kind"] == "backup"
                             ],
                             "restores": [
                                 public_view(r) for r in unfinished if r["kind"] == "restore"

@@ -59,12 +59,28 @@ FIELDS = frozenset(
         "retention",
         "enabled",
         "next_run_at",
+        # The UI's names (UI-CONTRACT §10, D9), mapped onto the ones above by ``_from_ui``.
+        "schedule",
+        "retention_count",
+        "compressed",
     }
 )
 # Fields a UI sends back after a GET; accepted on PUT and ignored.
 READ_ONLY = frozenset(
-    {"id", "last_run_at", "last_backup_id", "last_error", "created_at", "updated_at"}
+    {
+        "id",
+        "last_run_at",
+        "last_backup_id",
+        "last_error",
+        "created_at",
+        "updated_at",
+        "last_run",
+        "next_run",
+    }
 )
+# The UI's three cadences (old backend: a month was 30 days).
+NAMED_INTERVALS = {"daily": int(DAY), "weekly": int(7 * DAY), "monthly": int(30 * DAY)}
+HOUR = 60 * MINUTE
 
 log = logging.getLogger("dbtkd.app.schedules")
 
@@ -112,13 +128,63 @@ def _integer(body: dict[str, Any], name: str, low: float, high: float) -> int:
     return value
 
 
+def _from_ui(body: dict[str, Any], existing: Record | None) -> dict[str, Any]:
+    """The UI's field names as dbtkd's: ``schedule`` (daily/weekly/monthly) →
+    ``interval_seconds``, ``retention_count`` → ``retention`` (null: the default),
+    ``compressed`` → ``gzip``."""
+    body = dict(body)
+    if "schedule" in body:
+        cadence = body.pop("schedule")
+        if existing and cadence == describe_interval(int(existing["interval_seconds"])):
+            pass  # a GET's view sent back unchanged (e.g. "every 6 h"): not a change
+        elif cadence not in NAMED_INTERVALS:
+            raise invalid(
+                f"expected schedule to be one of {', '.join(NAMED_INTERVALS)} (or "
+                f"interval_seconds); got {cadence!r:.40}"
+            )
+        else:
+            body.setdefault("interval_seconds", NAMED_INTERVALS[cadence])
+    if "retention_count" in body:
+        count = body.pop("retention_count")
+        body.setdefault("retention", DEFAULT_RETENTION if count is None else count)
+    if "compressed" in body:
+        body.setdefault("gzip", body.pop("compressed"))
+    return body
+
+
+def describe_interval(seconds: int) -> str:
+    """``daily``, ``weekly``, ``monthly``, or e.g. ``every 6 h`` (what the UI shows)."""
+    for name, interval in NAMED_INTERVALS.items():
+        if seconds == interval:
+            return name
+    for unit, size in (("d", DAY), ("h", HOUR), ("min", MINUTE)):
+        if seconds % size == 0:
+            return f"every {seconds // int(size)} {unit}"
+    return f"every {seconds} s"
+
+
+def schedule_view(record: Record) -> Record:
+    """A schedule as the API shows it: dbtkd's fields plus the UI's names (§10, D9)."""
+    return {
+        **record,
+        "schedule": describe_interval(int(record["interval_seconds"])),
+        "retention_count": record.get("retention"),
+        "compressed": record.get("gzip"),
+        "last_run": record.get("last_run_at"),
+        "next_run": record.get("next_run_at"),
+    }
+
+
 def build_schedule(body: dict[str, Any], existing: Record | None) -> Record:
     """A schedule from a POST body, or a PUT body merged over ``existing``."""
     unknown_fields(body, FIELDS | (READ_ONLY if existing else frozenset()))
+    body = _from_ui(body, existing)
     if "interval" in body:
         body = {**body, "interval_seconds": body["interval"]}
     merged: dict[str, Any] = dict(existing or {})
     merged.update({k: v for k, v in body.items() if k in FIELDS and k != "interval"})
+    for view_only in ("schedule", "retention_count", "compressed"):  # names of views only
+        merged.pop(view_only, None)
     if not isinstance(merged.get("connection_id"), str):
         raise invalid(
             f"expected connection_id to be a connection id; got {merged.get('connection_id')!r:.60}"
@@ -308,8 +374,11 @@ class Schedules:
     def routes(self) -> list[BaseRoute]:
         @api
         async def list_schedules(request: Request) -> Response:
-            records = list((await self.store.read()).values())
-            return JSONResponse(sorted(records, key=lambda r: str(r.get("created_at"))))
+            records = sorted(
+                (await self.store.read()).values(), key=lambda r: str(r.get("created_at"))
+            )
+            # The UI reads {success, schedules} (UI-CONTRACT §10.1).
+            return JSONResponse({"success": True, "schedules": [schedule_view(r) for r in records]})
 
         @api
         async def create_schedule(request: Request) -> Response:
@@ -318,11 +387,11 @@ class Schedules:
             await self.store.update(lambda records: records.__setitem__(record["id"], record))
             self.poke()
             publish(request.app, "schedule_changed", id=record["id"], deleted=False)
-            return JSONResponse(record, status_code=201)
+            return JSONResponse({**schedule_view(record), "success": True}, status_code=201)
 
         @api
         async def get_schedule(request: Request) -> Response:
-            return JSONResponse(await self._get(request.path_params["id"]))
+            return JSONResponse(schedule_view(await self._get(request.path_params["id"])))
 
         @api
         async def update_schedule(request: Request) -> Response:
@@ -343,7 +412,7 @@ class Schedules:
             record = await self.store.update(change)
             self.poke()
             publish(request.app, "schedule_changed", id=schedule_id, deleted=False)
-            return JSONResponse(record)
+            return JSONResponse({**schedule_view(record), "success": True})
 
         @api
         async def delete_schedule(request: Request) -> Response:

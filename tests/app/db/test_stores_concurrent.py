@@ -165,7 +165,7 @@ def test_eight_clients_and_worker_kills_lose_no_schedule(daemon: Daemon) -> None
         collection="/api/v1/backup-schedules",
         created_status=201,
         create_body=body,
-        listed=lambda api: list(api.ok("GET", "/api/v1/backup-schedules")),
+        listed=lambda api: list(api.ok("GET", "/api/v1/backup-schedules")["schedules"]),
         in_file=lambda daemon: list(stored(daemon, "schedules.json")["schedules"]),
         whole=lambda s: (
             (s["connection_id"], s["interval_seconds"], s["retention"]) == ("local", 3600, 3)

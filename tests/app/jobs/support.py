@@ -42,7 +42,8 @@ def backup(api: Api, connection: str, **options: Any) -> dict[str, Any]:
 
 
 def restore(api: Api, backup_id: str, **options: Any) -> dict[str, Any]:
-    started = api.ok("POST", f"/api/v1/backups/{backup_id}/restore", options, 202)
+    """Restore as dbtkd's clients do (``?wait=false``: the job at once), then wait for it."""
+    started = api.ok("POST", f"/api/v1/backups/{backup_id}/restore?wait=false", options, 202)
     assert started["kind"] == "restore"
     return wait_job(api, started["id"])
 

@@ -166,7 +166,8 @@ def test_list_get_and_delete_a_backup(api: Api, sqlite: DbServer) -> None:
     make_rows(api, connection)
     done = backup(api, connection)
     listed = api.ok("GET", f"/api/v1/backups?connection_id={connection}")
-    assert [b["id"] for b in listed] == [done["id"]]
+    assert listed["success"] is True
+    assert [b["id"] for b in listed["backups"]] == [done["id"]]
     assert api.ok("GET", f"/api/v1/backups/{done['id']}")["sha256"] == done["sha256"]
     assert api.ok("DELETE", f"/api/v1/backups/{done['id']}") == {"success": True, "id": done["id"]}
     assert not [name for name in backup_files(api.daemon) if done["id"] in name]

@@ -71,7 +71,7 @@ def test_failures_and_restores_reach_every_window(api: Api, sqlite: DbServer) ->
             assert "missing" in last["error"]
         done = api.ok("POST", "/api/v1/backups", {"connection_id": connection}, 202)
         assert wait_job(api, done["id"])["status"] == "completed"
-        restore = api.ok("POST", f"/api/v1/backups/{done['id']}/restore", {}, 202)
+        restore = api.ok("POST", f"/api/v1/backups/{done['id']}/restore?wait=false", {}, 202)
         for socket in (one, two):
             events = receive_until(socket, _finished("restore", restore["id"]))
             assert events[-1]["type"] == "restore_update"

@@ -99,7 +99,7 @@ def test_mariadb_dump_reads_the_password_from_a_defaults_file_never_argv(
     assert record["status"] == "completed", record["error"]  # the escaped password worked
     assert not os.path.exists(option_file)
     api.run(connection, "DROP TABLE held")
-    started = api.ok("POST", f"/api/v1/backups/{backup_id}/restore", {}, 202)
+    started = api.ok("POST", f"/api/v1/backups/{backup_id}/restore?wait=false", {}, 202)
     assert wait_job(api, started["id"])["status"] == "completed"
     assert api.run(connection, "SELECT n FROM held")["rows"] == [[7]]
 

@@ -314,7 +314,7 @@ def test_a_dump_tool_leaves_no_process_when_its_job_ends_by(
         made = backup(api, connection)  # with the real tool
         assert made["status"] == "completed", made
         set_tool_paths(home, {tool: fake})
-        started = api.ok("POST", f"/api/v1/backups/{made['id']}/restore", {}, 202)
+        started = api.ok("POST", f"/api/v1/backups/{made['id']}/restore?wait=false", {}, 202)
     leftovers.wait_for(1 + LEFT_BEHIND)
     JOB_ENDS[end](api, started["id"])
     leftovers.assert_gone()

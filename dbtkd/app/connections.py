@@ -3,9 +3,11 @@
 ``GET/POST /api/v1/connections``, ``GET/PUT/DELETE /api/v1/connections/{id}``,
 ``POST /api/v1/connections/test``, ``POST /api/v1/connections/{id}/connect`` and
 ``/disconnect``. A connection is shown as ``{id, name, db_type, host, port, database, username,
-has_password}``: the password goes in (POST, PUT, test) and never comes out. Testing or
-connecting reports the database's answer as ``{success, message, server_version, error}`` with
-HTTP 200 either way: a wrong password is the database's refusal, not a broken request.
+has_password}``: the password goes in (POST, PUT, test) and never comes out; on PUT a missing
+or empty password keeps the saved one (the UI's form never has it). Testing reports the
+database's answer as ``{success, message, server_version, error}`` with HTTP 200 either way,
+the reason in ``message`` too (the UI shows only that). Connecting that fails is HTTP 400 with
+the reason in ``detail`` (UI-CONTRACT D1: the UI treats only a thrown error as a failure).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from starlette.routing import BaseRoute
 from dbtkd.app.db.engine import CONNECT_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile, ProfileNotFoundError, build_profile
 from dbtkd.app.db.sessions import engine_class
-from dbtkd.app.endpoints import Database, JSONResponse, api, read_object, route
+from dbtkd.app.endpoints import ApiError, Database, JSONResponse, api, read_object, route
 from dbtkd.app.events import publish
 
 log = logging.getLogger("dbtkd.app.db")
 
 
 def _outcome(success: bool, message: str, version: str | None, error: str | None) -> Response:
+    # The UI's test toast shows `message` only (UI-CONTRACT §2.5): the reason goes in it too.
+    shown = f"{message}: {error}" if error else message
     return JSONResponse(
-        {"success": success, "message": message, "server_version": version, "error": error}
+        {"success": success, "message": shown, "server_version": version, "error": error}
     )
 
 
@@ -91,7 +95,8 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         try:
             version = await sessions.connect(profile, wait=CONNECT_TIMEOUT)
         except DatabaseError as error:
-            return _outcome(False, "connection failed", None, error.message)
+            # D1: a failed connect is an HTTP error, so no screen says "Connected".
+            raise ApiError(400, "connect_failed", error.message) from None
         return _outcome(True, "connected", version, None)
 
     @api

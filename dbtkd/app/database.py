@@ -1,7 +1,8 @@
 """The database API as one list of routes, for ``create_app`` to mount.
 
 ``database_routes`` builds the shared ``Database`` state (saved connections, open sessions,
-query history) for one app and the routes over it: connections, queries, schema, analytics.
+query history) for one app and the routes over it: connections, queries, schema, analytics,
+and the UI's settings.
 Building them reads no file and imports no driver; the first request that needs one does.
 """
 
@@ -16,6 +17,7 @@ from dbtkd.app.endpoints import Database
 from dbtkd.app.queries import query_routes
 from dbtkd.app.schema import schema_routes
 from dbtkd.app.streams import Streams
+from dbtkd.app.uisettings import settings_routes
 
 
 def database_routes(config: AppConfig, streams: Streams) -> list[BaseRoute]:
@@ -25,4 +27,5 @@ def database_routes(config: AppConfig, streams: Streams) -> list[BaseRoute]:
         *query_routes(database),
         *schema_routes(database),
         *analytics_routes(database, streams),
+        *settings_routes(config.data_dir),
     ]

@@ -4,10 +4,10 @@
 The query body is ``{query, params?, limit (1-10000, default 1000), offset (default 0),
 timeout (seconds, default 30)}``. Any statement runs through it (SELECT, DML, DDL, scripts); the
 SQL is sent as written, never rewritten. The answer is always HTTP 200 once the connection id
-is known: ``{success, columns: [{name, type}], rows: [[...]], rows_affected, total_rows,
-has_more, execution_time, error}``; on a database error ``success`` is false and ``error`` holds
-the database's message. ``total_rows`` counts the rows in this response; ``has_more`` says the
-result goes on past ``offset + limit``.
+is known: ``{success, columns: [name], column_types: [type], rows: [[...]], rows_affected,
+total_rows, has_more, execution_time, error}``; on a database error ``success`` is false and
+``error`` holds the database's message. ``total_rows`` counts the rows in this response;
+``has_more`` says the result goes on past ``offset + limit``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def query_document(
     result = result or QueryResult()
     return {
         "success": error is None,
-        "columns": result.columns,
+        # D2: names, which the UI renders and uses as React keys; the types beside them.
+        "columns": [column["name"] for column in result.columns],
+        "column_types": [column["type"] for column in result.columns],
         "rows": result.rows,
         "rows_affected": result.rows_affected,
         "total_rows": len(result.rows),
@@ -82,6 +84,12 @@ def query_document(
         "execution_time": round(execution_time, 6),
         "error": error,
     }
+
+
+def history_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history entry with the names the UI reads (D3): ``timestamp`` (ISO 8601 with offset,
+    = ``executed_at``) and ``row_count`` (= ``total_rows``)."""
+    return {**entry, "timestamp": entry.get("executed_at"), "row_count": entry.get("total_rows")}
 
 
 def query_routes(database: Database) -> list[BaseRoute]:
@@ -124,7 +132,7 @@ def query_routes(database: Database) -> list[BaseRoute]:
     async def list_history(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         limit = query_integer(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_ENTRIES_PER_CONNECTION)
-        entries = await history.list(profile.id, limit)
+        entries = [history_view(entry) for entry in await history.list(profile.id, limit)]
         return JSONResponse({"success": True, "history": entries, "count": len(entries)})
 
     @api

@@ -40,7 +40,8 @@ def build_routes(config: AppConfig, streams: Streams) -> list[BaseRoute]:
         return JSONResponse({"status": "ok"})
 
     async def api_health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": config.version})
+        # "healthy", as the old backend answered (UI-CONTRACT; issue 12 item 2).
+        return JSONResponse({"status": "healthy", "version": config.version})
 
     async def status(request: Request) -> Response:
         now = time.time()

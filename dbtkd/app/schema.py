@@ -1,16 +1,25 @@
-"""Routes that describe a database: ``GET /api/v1/connections/{id}/schema`` (the tree) and
-``GET /api/v1/connections/{id}/schema/{schema}/tables/{table}`` (one table).
+"""Routes that describe a database: ``GET /api/v1/connections/{id}/schema`` (the tree),
+``GET /api/v1/connections/{id}/schema/{schema}/tables/{table}`` (one table) and
+``POST /api/v1/connections/{id}/schema/refresh``.
 
-The tree is ``{success, connection_id, db_type, schemas: [{name, tables: [{name, type,
-columns: [{name, type, nullable, default, primary_key}], primary_key, indexes: [{name, columns,
-unique, primary}], foreign_keys: [{name, columns, referenced_schema, referenced_table,
-referenced_columns, on_update, on_delete}]}]}], error}``. One table adds ``row_count`` and
-``row_count_is_estimate`` (large server tables report the planner's estimate). Schemas are
-PostgreSQL schemas, MySQL databases, and SQLite's attached databases (``main``...). Both run on
-the session's metadata connection, so they answer while a long query runs.
+The tree keeps the UI's keyed shape (UI-CONTRACT §4.1, D4): ``{success, connection_id, db_type,
+schemas: {<schema>: {table_count, tables: {<table>: {column_count, columns, ...}}}}, error}``.
+Each table also carries dbtkd's ``{name, type, primary_key, indexes: [{name, columns, unique,
+primary}], foreign_keys: [{name, columns, referenced_schema, referenced_table,
+referenced_columns, on_update, on_delete}]}``; each column both vocabularies: the UI's
+``{column_name, data_type, is_nullable: "YES"|"NO", column_default, primary_key, foreign_key?:
+{table, column}}`` and dbtkd's ``{name, type, nullable, default}``. One table answers the UI's
+top-level ``columns`` (with ``is_primary_key``) and ``sample_data`` (≤ 5 rows in column order)
+beside dbtkd's ``table`` object (with ``row_count`` and ``row_count_is_estimate``: large server
+tables report the planner's estimate). A database that fails answers 502 ``db_unavailable``
+(never a 200 the UI would cache for a day). Schemas are PostgreSQL schemas, MySQL databases,
+and SQLite's attached databases (``main``...). Both run on the session's metadata connection,
+so they answer while a long query runs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +27,57 @@ from starlette.routing import BaseRoute
 
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.endpoints import ApiError, Database, JSONResponse, api, route
+from dbtkd.app.events import publish
 from dbtkd.app.responses import describe
+
+# TableDetails.js shows at most five sample rows (UI-CONTRACT §4.2).
+SAMPLE_ROWS = 5
+
+
+def _unavailable(error: DatabaseError) -> ApiError:
+    return ApiError(502, "db_unavailable", error.message)
+
+
+def ui_column(column: dict[str, Any], foreign_key: dict[str, str] | None) -> dict[str, Any]:
+    """A column in both vocabularies (UI-CONTRACT §4.1's column table)."""
+    ui = {
+        **column,
+        "column_name": column["name"],
+        "data_type": column["type"],
+        "is_nullable": "YES" if column.get("nullable") else "NO",
+        "column_default": column.get("default"),
+        "primary_key": bool(column.get("primary_key")),
+    }
+    if foreign_key is not None:
+        ui["foreign_key"] = foreign_key
+    return ui
+
+
+def ui_table(table: dict[str, Any]) -> dict[str, Any]:
+    """A table of the tree: dbtkd's fields, columns in both vocabularies, ``column_count``."""
+    references: dict[str, dict[str, str]] = {}
+    for key in table.get("foreign_keys") or []:
+        for column, referenced in zip(key["columns"], key["referenced_columns"], strict=False):
+            references.setdefault(column, {"table": key["referenced_table"], "column": referenced})
+    columns = [ui_column(c, references.get(c["name"])) for c in table.get("columns") or []]
+    return {**table, "columns": columns, "column_count": len(columns)}
+
+
+def keyed_tree(schemas: list[dict[str, Any]]) -> dict[str, Any]:
+    """dbtkd's list of schemas as the UI's objects keyed by name (D4)."""
+    return {
+        schema["name"]: {
+            "table_count": len(schema["tables"]),
+            "tables": {table["name"]: ui_table(table) for table in schema["tables"]},
+        }
+        for schema in schemas
+    }
+
+
+def _quote(db_type: str, name: str) -> str:
+    if db_type == "mysql":
+        return "`" + name.replace("`", "``") + "`"
+    return '"' + name.replace('"', '""') + '"'
 
 
 def schema_routes(database: Database) -> list[BaseRoute]:
@@ -32,10 +91,8 @@ def schema_routes(database: Database) -> list[BaseRoute]:
             async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
                 schemas = await engine.schema()
         except DatabaseError as error:
-            return JSONResponse(
-                {**document, "success": False, "schemas": [], "error": error.message}
-            )
-        return JSONResponse({**document, "schemas": schemas, "error": None})
+            raise _unavailable(error) from None
+        return JSONResponse({**document, "schemas": keyed_tree(schemas), "error": None})
 
     @api
     async def table(request: Request) -> Response:
@@ -45,19 +102,60 @@ def schema_routes(database: Database) -> list[BaseRoute]:
         try:
             async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
                 found = await engine.table(schema_name, table_name)
+                sample = None
+                if found is not None:
+                    qualified = (
+                        f"{_quote(profile.db_type, schema_name)}."
+                        f"{_quote(profile.db_type, table_name)}"
+                    )
+                    sample = await engine.execute(
+                        f"SELECT * FROM {qualified}",
+                        None,
+                        limit=SAMPLE_ROWS,
+                        offset=0,
+                        time_limit=METADATA_TIMEOUT,
+                    )
         except DatabaseError as error:
-            return JSONResponse({"success": False, "table": None, "error": error.message})
-        if found is None:
+            raise _unavailable(error) from None
+        if found is None or sample is None:
             raise ApiError(
                 404,
                 "not_found",
                 f"expected a table or view in this database; got schema "
                 f"{describe(schema_name)}, table {describe(table_name)}",
             )
-        return JSONResponse({"success": True, "schema": schema_name, "table": found, "error": None})
+        columns = [
+            {
+                "column_name": column["name"],
+                "data_type": column["type"],
+                "is_nullable": "YES" if column.get("nullable") else "NO",
+                "column_default": column.get("default"),
+                "is_primary_key": bool(column.get("primary_key")),
+            }
+            for column in found.get("columns") or []
+        ]
+        return JSONResponse(
+            {
+                "success": True,
+                "schema": schema_name,
+                "table": found,
+                "columns": columns,
+                "sample_data": sample.rows,
+                "error": None,
+            }
+        )
+
+    @api
+    async def refresh(request: Request) -> Response:
+        # Nothing is cached here (every tree is read from the database), so there is nothing
+        # to drop; the other windows are told, so they drop theirs too (/ws/events).
+        profile = await profiles.get(request.path_params["id"])
+        publish(request.app, "schema_changed", connection_id=profile.id)
+        return JSONResponse({"success": True, "message": "the schema is read afresh each time"})
 
     prefix = "/api/v1/connections/{id}/schema"
     return [
         route(prefix, {"GET": tree}),
         route(f"{prefix}/{{schema}}/tables/{{table}}", {"GET": table}),
+        route(f"{prefix}/refresh", {"POST": refresh}),
     ]

@@ -27,6 +27,9 @@ DB_TYPES = ("sqlite", "postgresql", "mysql")
 # Names users type for these engines; stored under the canonical name.
 DB_TYPE_ALIASES = {"postgres": "postgresql", "mariadb": "mysql", "sqlite3": "sqlite"}
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+DB_TYPE_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}
+# Engines the old backend offered and this one does not (UI-CONTRACT §15, D12).
+UNSUPPORTED_TYPES = {"mongodb": "MongoDB"}
 EMBEDDED_ID = "local"
 EMBEDDED_NAME = "Local SQLite"
 EMBEDDED_FILE = "local.sqlite3"
@@ -110,8 +113,9 @@ def _text(body: Mapping[str, Any], name: str, *, required: bool, limit: int) -> 
 def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> Profile:
     """A profile from a POST body (``existing`` None) or a PUT body merged over ``existing``.
 
-    On PUT, a field left out keeps its saved value; ``"password": null`` or ``""`` clears the
-    password, and leaving ``password`` out keeps it (the UI never has it to send back).
+    On PUT, a field left out keeps its saved value. The password is never shown, so the UI's
+    edit form sends back ``""`` for it: on PUT a missing or ``""`` password keeps the saved one
+    and only ``"password": null`` clears it (UI-CONTRACT §1, "The password rule").
     """
     unknown = sorted(set(body) - WRITABLE_FIELDS - IGNORED_FIELDS)
     if unknown:
@@ -120,6 +124,8 @@ def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> P
         )
     merged: dict[str, Any] = existing.stored() if existing else {}
     merged.update({key: value for key, value in body.items() if key in WRITABLE_FIELDS})
+    if existing is not None and body.get("password") == "":
+        merged["password"] = existing.password  # the form's empty field: unchanged
     if "file_path" in merged:
         file_path = merged.pop("file_path")
         if file_path and not body.get("database"):
@@ -129,6 +135,11 @@ def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> P
     if not isinstance(raw_type, str):
         raise InvalidProfileError(f"expected db_type one of {', '.join(DB_TYPES)}; got none")
     db_type = DB_TYPE_ALIASES.get(raw_type.lower(), raw_type.lower())
+    if db_type in UNSUPPORTED_TYPES:
+        raise InvalidProfileError(
+            f"{UNSUPPORTED_TYPES[db_type]} is not supported by this version of DB Toolkit; it "
+            f"connects to {', '.join(DB_TYPE_NAMES.values())}"
+        )
     if db_type not in DB_TYPES:
         raise InvalidProfileError(
             f"expected db_type one of {', '.join(DB_TYPES)}; got {raw_type!r:.40}"
@@ -146,6 +157,7 @@ def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> P
         if not os.path.isabs(database):
             raise InvalidProfileError(
                 f"expected database to be an absolute path to a SQLite file; got {database!r:.80}"
+                " (give the absolute path of the SQLite file)"
             )
         host = username = password = None
         port = None
@@ -154,7 +166,7 @@ def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> P
         username = _text(merged, "username", required=True, limit=MAX_FIELD_CHARS)
         database = _text(merged, "database", required=False, limit=MAX_FIELD_CHARS)
         port = merged.get("port")
-        if port is None or port == "":
+        if port is None or port == "" or port == 0:  # the form's cleared or SQLite-ish port
             port = DEFAULT_PORTS[db_type]
         if isinstance(port, str) and port.isdigit():
             port = int(port)  # forms send numbers as text

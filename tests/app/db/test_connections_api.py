@@ -80,7 +80,11 @@ def test_the_password_goes_in_and_never_comes_out(api: Api, sqlite: DbServer) ->
     assert created["has_password"] is True
     connection = created["id"]
     # A refused connection attempt with that password is logged, if at all, without it.
-    assert api.ok("POST", f"/api/v1/connections/{connection}/connect")["success"] is False
+    # D1: a failed connect is HTTP 400 with the reason in detail.
+    status, refused = api.call("POST", f"/api/v1/connections/{connection}/connect")
+    assert status == 400, refused
+    assert refused["error"] == "connect_failed"
+    assert "cannot connect to postgresql://someone@127.0.0.1:1/d" in refused["detail"]
     for method, path, body in [
         ("GET", "/api/v1/connections", None),
         ("GET", f"/api/v1/connections/{connection}", None),
@@ -110,8 +114,10 @@ def test_editing_keeps_the_password_unless_one_is_sent(api: Api, sqlite: DbServe
     path = f"/api/v1/connections/{created['id']}"
     edited = api.ok("PUT", path, {"name": "m2", "port": 3307})
     assert (edited["name"], edited["port"], edited["has_password"]) == ("m2", 3307, True)
+    # The UI's edit form sends "" for the password it was never shown: kept (UI-CONTRACT §1).
+    assert api.ok("PUT", path, {"name": "m3", "password": ""})["has_password"] is True
     assert api.ok("PUT", path, {"password": None})["has_password"] is False
-    assert api.ok("GET", path)["name"] == "m2"
+    assert api.ok("GET", path)["name"] == "m3"
 
 
 def test_deleting_a_connection_forgets_it_everywhere(api: Api, sqlite: DbServer) -> None:
@@ -174,13 +180,13 @@ def test_a_wrong_mysql_password_is_a_clear_error_and_the_daemon_carries_on(
 ) -> None:
     user, password = mysql_user
     connection = api.create(mysql, username=user, password="wrong", database=None)
-    answer = api.ok("POST", f"/api/v1/connections/{connection}/connect")
-    assert answer["success"] is False
-    assert "Access denied" in answer["error"]
+    status, answer = api.call("POST", f"/api/v1/connections/{connection}/connect")
+    assert status == 400, answer
+    assert "Access denied" in answer["detail"]
     failed = api.query(connection, "SELECT 1")
     assert failed["success"] is False
     assert "Access denied" in failed["error"]
-    assert api.ok("GET", "/api/v1/health")["status"] == "ok"
+    assert api.ok("GET", "/api/v1/health")["status"] == "healthy"
     api.ok("PUT", f"/api/v1/connections/{connection}", {"password": password})
     assert api.run(connection, "SELECT 1")["rows"] == [[1]]
 
@@ -195,9 +201,9 @@ def test_a_refused_postgresql_login_is_a_clear_error_and_the_daemon_carries_on(
     admin.execute(f"CREATE ROLE {role} NOLOGIN")
     try:
         connection = api.create(postgres, username=role, password="whatever")
-        answer = api.ok("POST", f"/api/v1/connections/{connection}/connect")
-        assert answer["success"] is False
-        assert f'role "{role}" is not permitted to log in' in answer["error"]
+        status, answer = api.call("POST", f"/api/v1/connections/{connection}/connect")
+        assert status == 400, answer
+        assert f'role "{role}" is not permitted to log in' in answer["detail"]
         assert api.run(api.create(postgres), "SELECT 1")["rows"] == [[1]]
     finally:
         admin.execute(f"DROP ROLE IF EXISTS {role}")

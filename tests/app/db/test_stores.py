@@ -218,7 +218,7 @@ async def test_a_newer_connections_file_refuses_changes_with_a_clear_message(
         ({"name": "x", "db_type": "oracle"}, "expected db_type one of"),
         ({"name": "x", "db_type": "sqlite", "database": "rel.db"}, "absolute path"),
         ({"name": "x", "db_type": "postgresql", "username": "u"}, "expected host"),
-        ({"name": "x", "db_type": "mysql", "host": "h", "username": "u", "port": 0}, "port"),
+        ({"name": "x", "db_type": "mysql", "host": "h", "username": "u", "port": 70000}, "port"),
         ({"name": "", "db_type": "sqlite", "database": "/x.db"}, "expected name"),
         ({"name": "x", "db_type": "sqlite", "database": "/x.db", "pasword": "p"}, "pasword"),
     ],

@@ -10,6 +10,7 @@ and sends its close frame itself; ``close_all`` only asks and waits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
@@ -29,6 +30,57 @@ SERVICE_RESTART = 1012
 _RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
 
 StreamBody = Callable[[WebSocket], Awaitable[None]]
+# RFC 6455 §7.4.1: 1007 "data inconsistent with the message type" — JSON we cannot read; 1008
+# "policy": a first frame of the wrong shape. The reason is capped at 123 bytes on the wire.
+INVALID_PAYLOAD = 1007
+POLICY_VIOLATION = 1008
+MAX_REASON_BYTES = 123
+# Deeper than any message a client of ours sends; deeper JSON is refused, not recursed into.
+MAX_JSON_DEPTH = 32
+
+
+class CloseStream(Exception):
+    """Raised by a stream body to end its socket with ``code`` and ``reason`` (bad input).
+
+    A stream that cannot answer with an error message (a raw protocol, or a client that sent
+    something no message of ours can answer) closes with a reason instead; ``serve`` sends it.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+def decode_frame(text: str | bytes) -> object:
+    """A client's JSON frame. ``ValueError`` if it is not JSON (the stream may answer that);
+    ``CloseStream(1007)`` if it is nested deeper than ``MAX_JSON_DEPTH``, which would otherwise
+    end in a ``RecursionError`` and a traceback: such a client is not one of ours."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text if isinstance(text, str) else text.decode("utf-8", "replace"):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise CloseStream(
+                    INVALID_PAYLOAD, f"expected JSON nested at most {MAX_JSON_DEPTH} deep"
+                )
+        elif char in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CloseStream(INVALID_PAYLOAD, "expected JSON nested less deep") from None
 
 
 class _OpenStream:
@@ -71,9 +123,12 @@ class Streams:
         self._open.setdefault(name, set()).add(stream)
         try:
             client_left = False
+            closing: CloseStream | None = None
             with stream.cancel_scope:
-                client_left = await _run_until_client_leaves(websocket, body)
-            if not client_left:
+                client_left, closing = await _run_until_client_leaves(websocket, body)
+            if closing is not None and not client_left:
+                await websocket.close(closing.code, closing.reason)
+            elif not client_left:
                 await websocket.close(stream.close_code)
         except WebSocketDisconnect:
             pass  # the client went away while we were closing: nothing left to tell it
@@ -102,9 +157,12 @@ class Streams:
                 await stream.finished.wait()
 
 
-async def _run_until_client_leaves(websocket: WebSocket, body: StreamBody) -> bool:
-    """Run ``body`` beside a reader; returns True if the client left first."""
+async def _run_until_client_leaves(
+    websocket: WebSocket, body: StreamBody
+) -> tuple[bool, CloseStream | None]:
+    """Run ``body`` beside a reader; (whether the client left first, the body's close)."""
     client_left = False
+    closing: CloseStream | None = None
     async with anyio.create_task_group() as task_group:
 
         async def watch_client() -> None:
@@ -115,13 +173,15 @@ async def _run_until_client_leaves(websocket: WebSocket, body: StreamBody) -> bo
             task_group.cancel_scope.cancel()
 
         async def run_body() -> None:
-            nonlocal client_left
+            nonlocal client_left, closing
             try:
                 await body(websocket)
             except WebSocketDisconnect:
                 client_left = True  # a send failed: the connection is gone
+            except CloseStream as close:
+                closing = close
             task_group.cancel_scope.cancel()
 
         task_group.start_soon(watch_client)
         task_group.start_soon(run_body)
-    return client_left
+    return client_left, closing

@@ -1,6 +1,16 @@
 """``/ws/terminal``: the user's shell on a pseudo-terminal, one per socket, a few per daemon.
 
-When a client connects, the worker opens a PTY (``pty.openpty``) and starts the user's shell
+The client's first frame chooses the protocol (UI-CONTRACT §13, D10); nothing is sent before it:
+
+- ``{"session_id": "tab-1"}`` (the DB Toolkit UI): **raw**. The shell starts as a login shell
+  (``-l``) with ``TERM=xterm-256color`` and ``COLORTERM=truecolor``, 24 x 80, in the home
+  directory. Text frames are keystrokes, written to the PTY as they are, except
+  ``RESIZE:<rows>:<cols>`` (clamped to 1-1000); binary frames are raw bytes. The output comes
+  as binary frames of PTY bytes, never a JSON envelope; when the shell exits the socket closes
+  with 1000. A first frame of another shape closes the socket with 1008 and a reason.
+- ``{"type": "start"}`` (dbtkd's JSON protocol, below).
+
+In the JSON protocol the worker opens a PTY (``pty.openpty``) and starts the user's shell
 on it in a new session, with the PTY as its controlling terminal, then sends ``{"type":
 "snapshot", "sessions", "max_sessions"}`` and ``{"type": "started", "pid", "shell", "rows",
 "cols"}``. The client sends ``{"type": "input", "data": "..."}`` (or binary frames, as raw
@@ -22,6 +32,7 @@ import codecs
 import contextlib
 import json
 import os
+import re
 import struct
 from typing import Any
 
@@ -33,7 +44,13 @@ from dbtkd.app.children import Child, child_environment, spawn
 from dbtkd.app.duplex import DuplexStream, Inbox, deny
 from dbtkd.app.responses import describe
 from dbtkd.app.security import SUBPROTOCOL
-from dbtkd.app.streams import Streams
+from dbtkd.app.streams import (
+    INVALID_PAYLOAD,
+    POLICY_VIOLATION,
+    CloseStream,
+    Streams,
+    decode_frame,
+)
 
 SECONDS = 1.0
 # Each session is a shell and a PTY pair; eight is more windows than anyone reads at once,
@@ -46,6 +63,10 @@ READ_BYTES = 64 * 1024
 EXIT_GRACE = 2 * SECONDS
 UNSUPPORTED_CLOSE_CODE = 1003
 UNSUPPORTED_REASON = "terminal not supported on this platform (no ConPTY backend)"
+# The UI sends its first frame as soon as the socket opens; a client silent this long is not
+# one of ours (the old backend waited 10 s too).
+FIRST_FRAME_TIMEOUT = 10 * SECONDS
+_RESIZE = re.compile(r"^RESIZE:(\d{1,9}):(\d{1,9})$")
 
 
 def pty_supported() -> bool:
@@ -117,6 +138,14 @@ class Terminal(DuplexStream):
             self.sessions -= 1
 
     async def session(self, websocket: WebSocket, inbox: Inbox) -> None:
+        first = await first_frame(inbox)
+        if isinstance(first, dict) and isinstance(first.get("session_id"), str):
+            await self.raw_session(websocket, inbox)
+            return
+        if not (isinstance(first, dict) and first.get("type") == "start"):
+            raise CloseStream(
+                POLICY_VIOLATION, 'expected {"session_id": ...} or {"type": "start"} first'
+            )
         sending = anyio.Lock()
 
         async def send(message: dict[str, Any]) -> None:
@@ -124,27 +153,8 @@ class Terminal(DuplexStream):
                 await websocket.send_text(json.dumps(message))
 
         await send({"type": "snapshot", "sessions": self.sessions, "max_sessions": MAX_SESSIONS})
-        import pty
-
-        master, slave = pty.openpty()
-        child: Child | None = None
+        master, child, shell = await start_shell([], {})
         try:
-            set_size(slave, DEFAULT_ROWS, DEFAULT_COLUMNS)
-            os.set_blocking(master, False)
-            shell = user_shell()
-            try:
-                child = await spawn(
-                    [shell],
-                    env=child_environment({"TERM": "xterm-256color"}, keep_credentials=True),
-                    cwd=str(await anyio.Path("~").expanduser()),
-                    stdin=slave,
-                    stdout=slave,
-                    stderr=slave,
-                    session=True,
-                    controlling_tty=True,
-                )
-            finally:
-                os.close(slave)  # the shell holds it now; ours would keep the PTY from ending
             await send(
                 {
                     "type": "started",
@@ -174,21 +184,101 @@ class Terminal(DuplexStream):
             await send({"type": "exit", "code": code})
         finally:
             with anyio.CancelScope(shield=True):
-                if child is not None:
-                    await child.kill_and_reap()
+                await child.kill_and_reap()
                 os.close(master)
+
+    async def raw_session(self, websocket: WebSocket, inbox: Inbox) -> None:
+        """The UI's protocol: raw keystrokes in, raw PTY bytes out, no envelope at all."""
+        master, child, _ = await start_shell(["-l"], {"COLORTERM": "truecolor"})
+        try:
+            client_left = False
+            async with anyio.create_task_group() as group:
+
+                async def take_input() -> None:
+                    nonlocal client_left
+                    async for raw in inbox:
+                        if isinstance(raw, str) and (size := _RESIZE.match(raw)):
+                            rows, columns = (clamp(int(n)) for n in size.groups())
+                            set_size(master, rows, columns)
+                        else:
+                            await _write(master, raw.encode() if isinstance(raw, str) else raw)
+                    client_left = True
+                    group.cancel_scope.cancel()
+
+                group.start_soon(take_input)
+                while data := await _read(master):
+                    await websocket.send_bytes(data)
+                group.cancel_scope.cancel()
+            if not client_left:
+                with anyio.move_on_after(EXIT_GRACE):
+                    await child.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await child.kill_and_reap()
+                os.close(master)
+
+
+def clamp(size: int) -> int:
+    return min(max(size, MIN_SIZE), MAX_SIZE)
+
+
+async def first_frame(inbox: Inbox) -> object:
+    """The client's first frame, decoded; closes the socket (1008) if none comes in time."""
+    with anyio.move_on_after(FIRST_FRAME_TIMEOUT):
+        try:
+            raw = await inbox.receive()
+        except anyio.EndOfStream:
+            raise CloseStream(1000, "") from None
+        try:
+            return decode_frame(raw)
+        except ValueError:
+            raise CloseStream(INVALID_PAYLOAD, "expected a JSON text frame first") from None
+    raise CloseStream(POLICY_VIOLATION, f"expected a first frame within {FIRST_FRAME_TIMEOUT:g} s")
+
+
+async def start_shell(arguments: list[str], extra_env: dict[str, str]) -> tuple[int, Child, str]:
+    """A PTY (24 x 80) and the user's shell on it as session leader: (master fd, child, shell)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        set_size(slave, DEFAULT_ROWS, DEFAULT_COLUMNS)
+        os.set_blocking(master, False)
+        shell = user_shell()
+        child = await spawn(
+            [shell, *arguments],
+            env=child_environment({"TERM": "xterm-256color", **extra_env}, keep_credentials=True),
+            cwd=str(await anyio.Path("~").expanduser()),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            session=True,
+            controlling_tty=True,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)  # the shell holds it now; ours would keep the PTY from ending
+    return master, child, shell
+
+
+async def _read(master: int) -> bytes:
+    """The PTY's next bytes; b"" once every process holding its other side has gone."""
+    while True:
+        await anyio.wait_readable(master)
+        try:
+            return os.read(master, READ_BYTES)
+        except BlockingIOError:
+            continue
+        except OSError:  # EIO: every process holding the PTY's other side has gone
+            return b""
 
 
 async def _output(master: int, send: Any) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     while True:
-        await anyio.wait_readable(master)
-        try:
-            data = os.read(master, READ_BYTES)
-        except BlockingIOError:
-            continue
-        except OSError:  # EIO: every process holding the PTY's other side has gone
-            data = b""
+        data = await _read(master)
         text = decoder.decode(data, final=not data)
         if text:
             await send({"type": "output", "data": text})
@@ -203,7 +293,7 @@ async def _input(inbox: Inbox, master: int, send: Any) -> None:
             await _write(master, raw)
             continue
         try:
-            message = json.loads(raw)
+            message = decode_frame(raw)  # deeply nested JSON closes the socket (1007)
         except ValueError:
             message = None
         kind = message.get("type") if isinstance(message, dict) else None

@@ -248,6 +248,7 @@ def test_a_terminal_leaves_no_process_when_it_ends_by(
 ) -> None:
     api = start_daemon(reaper, home, tmp_path / "bin")
     with connect_stream(api.daemon, "/ws/terminal") as socket:
+        socket.send(json.dumps({"type": "start"}))
         assert receive(socket)["type"] == "snapshot"
         started = receive(socket)
         assert started["type"] == "started"

@@ -36,6 +36,7 @@ def api() -> Iterator[Api]:
 @contextlib.contextmanager
 def shell(api: Api) -> Iterator[tuple[Socket, dict[str, Any]]]:
     with connect_stream(api.daemon, "/ws/terminal") as socket:
+        socket.send(json.dumps({"type": "start"}))  # dbtkd's JSON protocol (the UI's is raw)
         snapshot = receive(socket)
         assert snapshot["type"] == "snapshot"
         assert snapshot["max_sessions"] == terminal.MAX_SESSIONS

@@ -79,6 +79,29 @@ def backup_view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def backup_update(view: dict[str, Any]) -> dict[str, Any]:
+    """A ``/ws/backups`` frame for one backup (its ``backup_view``): the UI's top-level
+    ``backup_id``, ``status``, ``data.progress`` (0-100), ``connection_name`` and, on failure,
+    ``error`` (UI-CONTRACT §9.7, D10), with dbtkd's whole ``backup`` beside them."""
+    failed = view.get("status") == "failed"
+    data: dict[str, Any] = {
+        "progress": view.get("progress"),
+        "connection_name": view.get("connection_name"),
+        "file_size": view.get("file_size"),
+    }
+    frame: dict[str, Any] = {
+        "type": "backup_update",
+        "backup_id": view["id"],
+        "status": view.get("status"),
+        "connection_name": view.get("connection_name"),
+        "data": data,
+        "backup": view,
+    }
+    if failed:
+        data["error"] = frame["error"] = view.get("error_message") or "the backup failed"
+    return frame
+
+
 def parse_plan(body: dict[str, Any]) -> BackupPlan:
     """``backup_type``, ``tables`` and ``gzip`` of a request (or a schedule), checked."""
     backup_type = body.get("backup_type") or "full"
@@ -129,6 +152,7 @@ class Backups:
     def __init__(self, config: Any, jobs: Jobs, profile_of: ProfileLookup) -> None:
         self.config = config
         self.jobs = jobs
+        jobs.views["backup"] = backup_view  # events carry what GET /backups shows
         self.profile_of = profile_of
         self.files = BackupDir(config.data_dir)
         self.secrets_dir = os.path.join(config.data_dir, "tmp")
@@ -160,6 +184,7 @@ class Backups:
             "kind": "backup",
             "name": name,
             "connection_id": profile.id,
+            "connection_name": profile.name,  # for the UI's notification (§9.7)
             "db_type": profile.db_type,
             "backup_type": plan.backup_type,
             "tables": list(plan.tables),
@@ -418,7 +443,9 @@ class Backups:
                     )
                 )
                 async for event in events:
-                    if any(kind in event for kind in kinds):
+                    if "backup" in event:
+                        await websocket.send_text(json.dumps(backup_update(event["backup"])))
+                    elif any(kind in event for kind in kinds):
                         await websocket.send_text(json.dumps(event))
 
         async def backups_stream(websocket: WebSocket) -> None:

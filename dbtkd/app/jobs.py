@@ -174,6 +174,8 @@ class Jobs:
         self._subscribers: set[MemoryObjectSendStream[Event]] = set()
         # Called with each record published (the change feed of /ws/events listens here).
         self.listeners: list[Callable[[Record], None]] = []
+        # How a kind's record is shown in events (backups: with the UI's field names).
+        self.views: dict[str, Callable[[Record], dict[str, Any]]] = {}
         self._slots = anyio.Semaphore(max_concurrent)
         self._task_group: TaskGroup | None = None
         self._pid = os.getpid()
@@ -419,7 +421,7 @@ class Jobs:
 
     def publish(self, record: Record) -> None:
         kind = str(record["kind"])
-        event = {"type": f"{kind}_update", kind: public_view(record)}
+        event = {"type": f"{kind}_update", kind: self.views.get(kind, public_view)(record)}
         for listener in self.listeners:
             listener(record)
         for subscriber in list(self._subscribers):

@@ -16,6 +16,15 @@ and receives ``{"type": "started", "job_id", "pid"}``, ``{"type": "output", "str
 [...]}`` (``sql status``) and ``{"type": "exit", "job_id", "code", "status", "error"}``. One
 run at a time per socket. A client that disconnects cancels its run. Each run is a job of kind
 ``migration``: listed by ``dbtkctl stop``, cancelled by a stop, recorded in ``jobs.json``.
+
+The DB Toolkit UI's frame has no ``type`` (UI-CONTRACT §14): ``{"command": "makemigrations
+\"add email\"", "cwd", "dbUrl", "connection_id"?}`` runs the Migrator CLI, the program
+``migrator`` on ``PATH`` and never another, with the command split as a shell would split
+quoted words. ``DATABASE_URL`` is built here from the saved connection, with its stored
+password; ``dbUrl`` (whose password the UI no longer has) only finds that connection when
+``connection_id`` is missing, and is never logged. It answers ``{"type": "stdout" | "stderr",
+"data": line}``, then ``{"type": "exit", "code", "success"}`` or ``{"type": "error", "data":
+sentence}``, and closes the socket with 1000.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import urllib.parse
 from typing import Any, TypeGuard
 
@@ -34,13 +45,19 @@ from starlette.websockets import WebSocket
 from dbtkd.app.backups import ProfileLookup
 from dbtkd.app.children import child_environment, spawn
 from dbtkd.app.db.engine import DatabaseError
-from dbtkd.app.db.profiles import Profile, ProfileNotFoundError
+from dbtkd.app.db.profiles import (
+    DB_TYPE_ALIASES,
+    DEFAULT_PORTS,
+    Profile,
+    ProfileNotFoundError,
+    ProfileStore,
+)
 from dbtkd.app.db.sessions import engine_class
 from dbtkd.app.duplex import DuplexStream, Inbox
 from dbtkd.app.jobs import JobFailed, Jobs, RunningJob, new_id, public_view
 from dbtkd.app.responses import describe
 from dbtkd.app.sqlmigrations import MigrationError, status, up
-from dbtkd.app.streams import Streams
+from dbtkd.app.streams import Streams, decode_frame
 
 MAX_ARGS = 1000
 MAX_ARG_CHARS = 32 * 1024
@@ -51,6 +68,8 @@ OUTPUT_BUFFER = 256
 RECENT_RUNS = 10
 CLIENT_LEFT = "cancelled: the client disconnected"
 CANCELLED = "cancelled by the client"
+# The only program the UI's frame may run (UI-CONTRACT §14: the Migrator CLI).
+MIGRATOR_PROGRAM = "migrator"
 
 
 def database_url(profile: Profile) -> str:
@@ -66,6 +85,27 @@ def database_url(profile: Profile) -> str:
         host = f"[{host}]"  # IPv6
     return (
         f"{profile.db_type}://{user}@{host}:{profile.port}/{quote(profile.database or '', safe='')}"
+    )
+
+
+def same_connection(profile: Profile, url: str) -> bool:
+    """Whether ``url`` (the UI's ``dbUrl``) names ``profile``'s database; its password is
+    ignored (the UI has none to send)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    scheme = DB_TYPE_ALIASES.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme != profile.db_type:
+        return False
+    if profile.db_type == "sqlite":
+        return urllib.parse.unquote(parts.path).removeprefix("/") == (profile.database or "")
+    return (
+        (parts.hostname or "") == (profile.host or "").lower()
+        and (port or DEFAULT_PORTS.get(profile.db_type)) == profile.port
+        and urllib.parse.unquote(parts.path.removeprefix("/")) == (profile.database or "")
+        and urllib.parse.unquote(parts.username or "") == (profile.username or "")
     )
 
 
@@ -109,6 +149,33 @@ class Migrator(DuplexStream):
         self.profile_of = profile_of
 
     async def session(self, websocket: WebSocket, inbox: Inbox) -> None:
+        """A snapshot, then the client's first frame picks the protocol (see the docstring)."""
+        records = await self.jobs.records("migration")
+        snapshot = {
+            "type": "snapshot",
+            "running": [
+                public_view(r) for r in records if r["status"] in ("pending", "in_progress")
+            ],
+            "recent": [public_view(r) for r in records if r["status"] in ("completed", "failed")][
+                :RECENT_RUNS
+            ],
+        }
+        await websocket.send_text(json.dumps(snapshot))
+        try:
+            first = await inbox.receive()
+        except anyio.EndOfStream:
+            return  # the client left without a word
+        try:
+            message = decode_frame(first)
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and "type" not in message and "command" in message:
+            await self.legacy_session(websocket, message)
+            return
+        await self.dbtkd_session(websocket, inbox, first)
+
+    async def dbtkd_session(self, websocket: WebSocket, inbox: Inbox, first: str | bytes) -> None:
+        """dbtkd's own protocol (``run``/``sql``/``cancel``), from the client's first frame on."""
         out_send, out_receive = anyio.create_memory_object_stream[dict[str, Any]](OUTPUT_BUFFER)
         current: list[str] = []  # the job id of this socket's run, while it runs
 
@@ -116,23 +183,12 @@ class Migrator(DuplexStream):
             async for message in out_receive:
                 await websocket.send_text(json.dumps(message))
 
-        records = await self.jobs.records("migration")
-        await websocket.send_text(
-            json.dumps(
-                {
-                    "type": "snapshot",
-                    "running": [
-                        public_view(r) for r in records if r["status"] in ("pending", "in_progress")
-                    ],
-                    "recent": [
-                        public_view(r) for r in records if r["status"] in ("completed", "failed")
-                    ][:RECENT_RUNS],
-                }
-            )
-        )
         try:
             async with out_send, out_receive, anyio.create_task_group() as group:
                 group.start_soon(forward)
+                reply = await self._handle(first, current, out_send, group)
+                if reply is not None:
+                    await out_send.send(reply)
                 async for raw in inbox:
                     reply = await self._handle(raw, current, out_send, group)
                     if reply is not None:
@@ -143,6 +199,93 @@ class Migrator(DuplexStream):
                 for job_id in current:
                     await self.jobs.cancel(job_id, CLIENT_LEFT)
 
+    async def legacy_session(self, websocket: WebSocket, message: dict[str, Any]) -> None:
+        """The UI's protocol: one command, its lines, its exit (or an error), then close."""
+
+        async def error(text: str) -> None:
+            await websocket.send_text(json.dumps({"type": "error", "data": text}))
+
+        prepared = await self._legacy_command(message)
+        if isinstance(prepared, str):
+            await error(prepared)
+            return
+        profile, argv, cwd = prepared
+        out_send, out_receive = anyio.create_memory_object_stream[dict[str, Any]](OUTPUT_BUFFER)
+        record = {
+            "id": new_id(),
+            "kind": "migration",
+            "name": " ".join(argv)[:200],
+            "argv": argv,
+            "cwd": cwd,
+            "connection_id": profile.id,
+            "exit_code": None,
+        }
+        job_id: str | None = None
+        try:
+            async with out_send, out_receive, anyio.create_task_group() as group:
+                job = await self.jobs.submit(
+                    record, self._command(profile, argv, cwd, out_send), limited=False
+                )
+                job_id = job["id"]
+                group.start_soon(self._report_exit, job_id, [job_id], out_send)
+                async for frame in out_receive:
+                    kind = frame.get("type")
+                    if kind == "output":
+                        await websocket.send_text(
+                            json.dumps({"type": frame["stream"], "data": frame["line"]})
+                        )
+                    elif kind == "exit":
+                        code = frame.get("code")
+                        if code is None:
+                            await error(str(frame.get("error") or "the command did not run"))
+                        else:
+                            reply = {"type": "exit", "code": code, "success": code == 0}
+                            await websocket.send_text(json.dumps(reply))
+                        job_id = None
+                        return
+        finally:
+            if job_id is not None:  # the client left (or the worker stops) while it ran
+                with anyio.CancelScope(shield=True):
+                    await self.jobs.cancel(job_id, CLIENT_LEFT)
+
+    async def _legacy_command(
+        self, message: dict[str, Any]
+    ) -> tuple[Profile, list[str], str] | str:
+        """(connection, argv, cwd) of the UI's frame, or the sentence its error frame says."""
+        command = message.get("command")
+        if not isinstance(command, str) or not command.strip():
+            return "No command provided"
+        try:
+            words = shlex.split(command)
+        except ValueError as problem:
+            return f"expected the command's quotes to be closed: {problem}"
+        if len(words) > MAX_ARGS or any("\x00" in w or len(w) > MAX_ARG_CHARS for w in words):
+            return f"expected at most {MAX_ARGS} words of at most {MAX_ARG_CHARS} characters"
+        program = shutil.which(MIGRATOR_PROGRAM)
+        if program is None:
+            return f"{MIGRATOR_PROGRAM} binary not found in PATH"
+        cwd = message.get("cwd")
+        if not is_absolute_dir(cwd):
+            return f"expected cwd to be the absolute path of an existing directory; got {cwd!r:.80}"
+        connection_id = message.get("connection_id")
+        if isinstance(connection_id, str):
+            try:
+                profile = await self.profile_of(connection_id)
+            except ProfileNotFoundError:
+                return f"expected connection_id of a saved connection; got {connection_id!r:.60}"
+        else:
+            url = message.get("dbUrl")
+            saved = await ProfileStore(self.jobs.data_dir).all()
+            matches = [p for p in saved if isinstance(url, str) and same_connection(p, url)]
+            if len(matches) != 1:
+                return (
+                    f"{'no' if not matches else len(matches)} saved connection(s) match this "
+                    "project's database: add connection_id to the migrator frame "
+                    "(MigrationsPage.js: connection_id: selectedProject.connectionId)"
+                )
+            profile = matches[0]
+        return profile, [program, *words], cwd
+
     async def _handle(
         self,
         raw: str | bytes,
@@ -151,7 +294,7 @@ class Migrator(DuplexStream):
         group: TaskGroup,
     ) -> dict[str, Any] | None:
         try:
-            message = json.loads(raw)
+            message = decode_frame(raw)  # JSON nested too deep closes the socket (1007)
         except ValueError:
             message = None
         if not isinstance(message, dict) or message.get("type") not in ("run", "sql", "cancel"):

@@ -46,8 +46,16 @@ def test_a_second_window_sees_the_progress_of_a_backup_started_elsewhere(
     assert "in_progress" in statuses
     assert statuses[-1] == "completed"
     assert all(isinstance(u["progress"], float) for u in updates)
-    assert updates[-1]["progress"] == 1.0
+    assert updates[-1]["progress"] == 100  # a percentage, as GET /backups shows it
     assert updates[-1]["sha256"]
+    # The UI's fields at the top level of each frame (UI-CONTRACT §9.7, D10).
+    frames = [e for e in events if e["type"] == "backup_update"]
+    assert all(f["backup_id"] == f["backup"]["id"] for f in frames)
+    assert [f["status"] for f in frames if f["backup_id"] == started["id"]] == statuses
+    assert all(0 <= f["data"]["progress"] <= 100 for f in frames)
+    assert frames[-1]["data"]["progress"] == 100
+    assert frames[-1]["connection_name"] == frames[-1]["data"]["connection_name"] == "test"
+    assert "error" not in frames[-1]
 
 
 def test_failures_and_restores_reach_every_window(api: Api, sqlite: DbServer) -> None:
@@ -66,9 +74,12 @@ def test_failures_and_restores_reach_every_window(api: Api, sqlite: DbServer) ->
             202,
         )
         for socket in (one, two):
-            last = receive_until(socket, _finished("backup", failed["id"]))[-1]["backup"]
+            frame = receive_until(socket, _finished("backup", failed["id"]))[-1]
+            last = frame["backup"]
             assert last["status"] == "failed"
             assert "missing" in last["error"]
+            # useBackupWebSocket.js:44-51 reads `error` at the top level (and data.error).
+            assert frame["error"] == frame["data"]["error"] == last["error"]
         done = api.ok("POST", "/api/v1/backups", {"connection_id": connection}, 202)
         assert wait_job(api, done["id"])["status"] == "completed"
         restore = api.ok("POST", f"/api/v1/backups/{done['id']}/restore?wait=false", {}, 202)

@@ -6,11 +6,16 @@ queries, lock waits; MySQL/MariaDB: threads connected and running, queries per s
 queries, database size; SQLite: file size, page count, row counts per table). It is read on the
 session's metadata connection, so it answers while a long query runs.
 
-On ``/ws/analytics`` the client sends ``{"connection_id": ..., "interval": seconds (1-60)}``
-and receives a snapshot at once (``{"type": "stats", ...}``), then one every interval until it
-closes the socket; sending another such message switches connection or interval at once. A bad
-message gets ``{"type": "error", "error": code, "detail": ...}`` and the stream carries on with
-its previous settings. The socket is registered with the app's ``Streams``, so a stopping
+On ``/ws/analytics`` the client sends ``{"connection_id": ..., "interval": seconds (1-60,
+default 3: the DB Toolkit UI sends none)}`` and receives a snapshot at once (``{"type":
+"stats", ...}``), then one every interval until it closes the socket; sending another such
+message switches connection or interval at once. Each stats frame also carries the flat fields
+the UI reads (UI-CONTRACT §8.8, D7: ``active_connections``, ``idle_connections``,
+``database_size``, ``query_stats``, ``current_queries``, ``long_running_queries``,
+``blocked_queries``). A bad message gets ``{"type": "error", "error": sentence, "code", "detail":
+sentence}`` (the UI shows ``error`` as text; an unknown id is exactly ``Connection not found``)
+and the stream carries on with its previous settings; JSON nested too deep closes it (1007).
+The socket is registered with the app's ``Streams``, so a stopping
 worker closes it with 1012 or 1001 like every other stream.
 """
 
@@ -33,9 +38,14 @@ from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile, ProfileNotFoundError
 from dbtkd.app.endpoints import Database, JSONResponse, api, route
 from dbtkd.app.responses import describe
-from dbtkd.app.streams import Streams
+from dbtkd.app.streams import Streams, decode_frame
 
 SECONDS = 1.0
+# The UI's live chart ticks every 3 s (UI-CONTRACT §8.8); it sends no interval.
+DEFAULT_INTERVAL = 3 * SECONDS
+# Active for longer than this, a statement is "long-running" on the UI's analytics page.
+LONG_RUNNING = 30 * SECONDS
+QUERY_KINDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 MIN_INTERVAL = 1 * SECONDS
 # A minute: slower than that, the UI should poll the HTTP route instead.
 MAX_INTERVAL = 60 * SECONDS
@@ -58,14 +68,74 @@ async def snapshot(database: Database, profile: Profile) -> dict[str, Any]:
     return {**document, "success": True, "stats": stats, "error": None}
 
 
-def _error(error: str, detail: str) -> str:
-    return json.dumps({"type": "error", "error": error, "detail": detail})
+def _error(code: str, detail: str) -> str:
+    # `error` is the sentence: the UI toasts it as text (and matches "Connection not found").
+    return json.dumps({"type": "error", "error": detail, "code": code, "detail": detail})
+
+
+def _query_type(query: str | None) -> str:
+    word = (query or "").lstrip().split(None, 1)[0].upper() if (query or "").strip() else ""
+    return word if word in QUERY_KINDS else "OTHER"
+
+
+def ui_fields(db_type: str, stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The flat fields of the UI's analytics page (UI-CONTRACT §8.8), from a snapshot's stats."""
+    stats = stats or {}
+    sessions: list[dict[str, Any]] = stats.get("sessions") or []
+    current = [
+        {
+            "pid": s["pid"],
+            "usename": s.get("username"),
+            "query_type": _query_type(s.get("query")),
+            "duration": s.get("duration_seconds"),
+            "query": s.get("query"),
+        }
+        for s in sessions
+        if s.get("state") not in ("idle", "Sleep")
+    ]
+    counts = dict.fromkeys((*QUERY_KINDS, "OTHER"), 0)
+    for entry in current:
+        counts[entry["query_type"]] += 1
+    users = {s["pid"]: s.get("username") for s in sessions}
+    blocked = [
+        {
+            "blocked_pid": wait["pid"],
+            "blocked_user": users.get(wait["pid"]),
+            "blocking_pid": (wait.get("blocked_by") or [None])[0],
+            "blocking_user": users.get((wait.get("blocked_by") or [None])[0]),
+            "blocked_query": wait.get("query"),
+        }
+        for wait in (stats.get("lock_waits") or {}).get("waiting", [])
+    ]
+    if db_type == "sqlite":
+        active, idle, size = 1, 0, stats.get("file_size_bytes")
+    elif db_type == "postgresql":  # exact counts by state (the sessions list is capped)
+        by_state = (stats.get("connections") or {}).get("by_state") or {}
+        active, idle = by_state.get("active", 0), by_state.get("idle", 0)
+        size = stats.get("database_size_bytes")
+    else:
+        active = sum(1 for s in sessions if s.get("state") not in ("idle", "Sleep"))
+        idle = sum(1 for s in sessions if s.get("state") in ("idle", "Sleep"))
+        size = stats.get("database_size_bytes")
+    return {
+        "active_connections": active,
+        "idle_connections": idle,
+        "database_size": size,
+        "query_stats": counts,
+        "current_queries": current,
+        "long_running_queries": [
+            {k: q[k] for k in ("pid", "usename", "duration", "query")}
+            for q in current
+            if (q["duration"] or 0) > LONG_RUNNING
+        ],
+        "blocked_queries": blocked,
+    }
 
 
 async def _settings(database: Database, text: str) -> tuple[Profile, float] | str:
     """A client message → (profile, interval), or the error message to send back."""
     try:
-        message = json.loads(text)
+        message = decode_frame(text)  # JSON nested too deep closes the socket (1007)
     except ValueError:
         message = None
     if not isinstance(message, dict):
@@ -73,7 +143,7 @@ async def _settings(database: Database, text: str) -> tuple[Profile, float] | st
             "invalid_request",
             f'expected {{"connection_id": "...", "interval": seconds}}; got {describe(text)}',
         )
-    interval = message.get("interval")
+    interval = message.get("interval", DEFAULT_INTERVAL)
     if (
         isinstance(interval, bool)
         or not isinstance(interval, (int, float))
@@ -90,10 +160,7 @@ async def _settings(database: Database, text: str) -> tuple[Profile, float] | st
             raise ProfileNotFoundError(connection_id)
         profile = await database.profiles.get(connection_id)
     except ProfileNotFoundError:
-        return _error(
-            "not_found",
-            f"expected connection_id to be the id of a saved connection; got {connection_id!r:.60}",
-        )
+        return _error("not_found", "Connection not found")  # the UI matches these words
     return profile, float(interval)
 
 
@@ -119,9 +186,9 @@ async def _stream(
                 settings, next_at = parsed, anyio.current_time()
         if settings is not None and anyio.current_time() >= next_at:
             profile, interval = settings
-            await websocket.send_text(
-                json.dumps({"type": "stats", **await snapshot(database, profile)})
-            )
+            sample = await snapshot(database, profile)
+            fields = ui_fields(profile.db_type, sample["stats"]) if sample["success"] else {}
+            await websocket.send_text(json.dumps({"type": "stats", **fields, **sample}))
             # Ticks missed while a slow snapshot ran are skipped, not sent in a burst.
             next_at = max(next_at + interval, anyio.current_time())
 

@@ -188,8 +188,25 @@ def read_stats(cursor: Any) -> dict[str, Any]:
             SYSTEM_SCHEMAS,
         )
     (size,) = cursor.fetchone()
+    # Client threads other than this one (the analytics page's sessions); Sleep = idle.
+    cursor.execute(
+        "SELECT ID, USER, COMMAND, TIME, LEFT(INFO, 500) FROM information_schema.PROCESSLIST "
+        "WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Binlog Dump') "
+        "ORDER BY TIME LIMIT 200"
+    )
+    sessions = [
+        {
+            "pid": int(thread),
+            "username": user,
+            "state": "Sleep" if command == "Sleep" else "active",
+            "duration_seconds": float(seconds) if seconds is not None else None,
+            "query": info,
+        }
+        for thread, user, command, seconds, info in cursor.fetchall()
+    ]
     return {
         "database": database,
+        "sessions": sessions,
         "threads_connected": status.get("Threads_connected"),
         "threads_running": status.get("Threads_running"),
         "slow_queries": status.get("Slow_queries"),

@@ -166,6 +166,16 @@ WHERE datname = current_database() AND backend_type = 'client backend'
   AND state IS DISTINCT FROM 'idle' AND pid <> pg_backend_pid() AND query_start IS NOT NULL
 ORDER BY query_start LIMIT {LONGEST_QUERIES}
 """
+# The analytics page's "current queries": every other non-idle session, newest first.
+SESSIONS = 50
+SESSIONS_SQL = f"""
+SELECT pid, usename, coalesce(state, 'unknown'),
+       extract(epoch FROM clock_timestamp() - query_start)::float8, left(query, {QUERY_TEXT_CHARS})
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'
+ORDER BY query_start DESC NULLS LAST LIMIT {SESSIONS}
+"""
 LOCK_WAITS_SQL = f"""
 SELECT pid, pg_blocking_pids(pid), extract(epoch FROM clock_timestamp() - query_start)::float8,
        left(query, {QUERY_TEXT_CHARS})
@@ -194,6 +204,16 @@ async def read_stats(connection: Any) -> dict[str, Any]:
                 "query": query,
             }
             for pid, user, state, seconds, query in await connection.fetch(LONGEST_SQL)
+        ],
+        "sessions": [
+            {
+                "pid": pid,
+                "username": user,
+                "state": state,
+                "duration_seconds": None if seconds is None else round(seconds, 3),
+                "query": query,
+            }
+            for pid, user, state, seconds, query in await connection.fetch(SESSIONS_SQL)
         ],
         "lock_waits": {
             "count": len(waits),

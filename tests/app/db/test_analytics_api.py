@@ -151,8 +151,66 @@ async def test_the_stream_answers_bad_settings_and_carries_on(api: Api, sqlite: 
         ]:
             await socket.send(text)
             message = await receive_json(socket)
-            assert (message["type"], message["error"]) == ("error", error), message
-            assert message["detail"]
+            assert (message["type"], message["code"]) == ("error", error), message
+            assert message["error"] == message["detail"]  # a sentence: the UI toasts `error`
         await socket.send(json.dumps({"connection_id": connection, "interval": 60}))
         message = await receive_json(socket)
         assert (message["type"], message["success"]) == ("stats", True)
+
+
+UI_FIELDS = {
+    "active_connections": int,
+    "idle_connections": int,
+    "query_stats": dict,
+    "current_queries": list,
+    "long_running_queries": list,
+    "blocked_queries": list,
+}
+
+
+@pytest.mark.anyio
+async def test_the_uis_frame_gets_flat_stats_every_3_s_and_a_sentence_for_an_unknown_id(
+    api: Api, server: DbServer
+) -> None:
+    # UI-CONTRACT §8.8, D7: useAnalytics.js sends {connection_id} alone and reads flat fields.
+    connection = await anyio.to_thread.run_sync(api.create, server)
+    url = f"ws://127.0.0.1:{api.daemon.port}/ws/analytics"
+    async with connect(url, subprotocols=subprotocols(api)) as socket:
+        await socket.send(json.dumps({"connection_id": connection}))
+        message = await receive_json(socket)
+        assert message["success"] is True
+        assert not message["error"]  # checked first by the page
+        for field, kind in UI_FIELDS.items():
+            assert isinstance(message[field], kind), (field, message[field])
+        assert isinstance(message["database_size"], int)
+        assert set(message["query_stats"]) == {"SELECT", "INSERT", "UPDATE", "DELETE", "OTHER"}
+        second = await receive_json(socket, within=10)  # the default interval is 3 s
+        assert second["type"] == "stats"
+        await socket.send(json.dumps({"connection_id": "nope"}))
+        refused = await receive_json(socket)
+        assert refused["error"] == "Connection not found"  # the UI's redirect matches it
+
+
+@pytest.mark.anyio
+async def test_a_running_statement_shows_in_current_queries(api: Api, postgres: DbServer) -> None:
+    connection = await anyio.to_thread.run_sync(api.create, postgres)
+    url = f"ws://127.0.0.1:{api.daemon.port}/ws/analytics"
+    async with anyio.create_task_group() as group:
+        # A statement that runs while the page samples (on a session of its own).
+        group.start_soon(
+            anyio.to_thread.run_sync, lambda: api.query(connection, "SELECT pg_sleep(3)")
+        )
+        async with connect(url, subprotocols=subprotocols(api)) as socket:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                await socket.send(json.dumps({"connection_id": connection, "interval": 1}))
+                message = await receive_json(socket)
+                running = [q for q in message["current_queries"] if "pg_sleep" in q["query"]]
+                if running:
+                    break
+            assert running, message["current_queries"]
+            (query,) = running
+            assert query["query_type"] == "SELECT"
+            assert message["query_stats"]["SELECT"] >= 1
+            assert message["active_connections"] >= 1
+            assert isinstance(query["duration"], float)

@@ -152,3 +152,14 @@ def stored_jobs(daemon: Daemon) -> dict[str, dict[str, Any]]:
     """``jobs.json`` as the daemon left it (read while it is stopped)."""
     document = json.loads((daemon.home / "data" / "jobs.json").read_text())
     return {record["id"]: record for record in document["jobs"]}
+
+
+def close_of(socket: websockets.sync.client.ClientConnection, timeout: float = 10) -> Any:
+    """Read (and drop) frames until the server closes; the ``ConnectionClosed`` it raised."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            socket.recv(timeout=timeout)
+    except ConnectionClosed as closed:
+        return closed

@@ -61,20 +61,24 @@ def run(daemon: Daemon, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], in
 
 
 def test_a_ui_command_runs_the_migrator_with_a_database_url_built_from_the_saved_connection(
-    daemon: Daemon, postgres: DbServer, tmp_path: Path
+    daemon: Daemon, server: DbServer, tmp_path: Path
 ) -> None:
     api = Api(daemon)
-    connection = api.create(postgres, password="s3cret")
+    connection = api.create(server, password="s3cret")
+    if server.db_type == "sqlite":  # no password in a file URL
+        url = f"sqlite:///{server.database}"
+    else:
+        where = f"{server.host}:{server.port}/{server.database}"
+        url = f"{server.db_type}://{server.username}:s3cret@{where}"
     frame = {
         "command": 'makemigrations "add email column"',
         "cwd": str(tmp_path),
-        "dbUrl": f"postgresql://{postgres.username}:undefined@127.0.0.1:5432/{postgres.database}",
+        "dbUrl": url.replace("s3cret", "undefined"),  # what MigrationsPage.js builds now
         "connection_id": connection,
     }
     frames, code = run(daemon, frame)
     lines = [f["data"] for f in frames if f["type"] == "stdout"]
     assert lines[:2] == ["arg=[makemigrations]", "arg=[add email column]"]  # quotes honoured
-    url = f"postgresql://{postgres.username}:s3cret@127.0.0.1:5432/{postgres.database}"
     assert f"url={url}" in lines  # the stored password, never the UI's "undefined"
     assert f"cwd={tmp_path}" in lines
     assert {"type": "stderr", "data": "to stderr"} in frames

@@ -69,6 +69,9 @@ class Client:
     def _connect(self) -> ipc.Channel:
         try:
             return ipc.connect(self.runtime.control_socket, CONNECT_TIMEOUT)
+        except ipc.UntrustedEndpoint as exc:
+            # Not "not running": nothing may be started or sent until the user looks.
+            raise DbtkError(str(exc)) from None
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise NotRunning(
                 f"dbtkd is not running (no daemon at {self.runtime.control_socket})"

@@ -21,7 +21,7 @@ import os
 import socket
 from typing import Any
 
-from dbtkd import protocol
+from dbtkd import ipc, protocol
 from dbtkd.errors import DbtkError
 
 SECONDS = 1.0
@@ -75,10 +75,14 @@ def request(
 ) -> tuple[socket.socket, dict[str, Any], dict[str, int]]:
     """New daemon: ask for the handoff. Returns the connection (kept open for the verdict),
     the carried state and the received descriptors by name. The caller owns all of them."""
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.settimeout(VERDICT_TIMEOUT)
-        connection.connect(control_socket)
+        # ipc.connect checks the socket's directory, file and peer are ours before any byte.
+        connection = ipc.connect(control_socket, VERDICT_TIMEOUT)
+    except OSError as exc:
+        raise DbtkError(
+            f"handoff: cannot reach the running daemon at {control_socket}: {exc}"
+        ) from exc
+    try:
         connection.sendall(protocol.encode_request(1, "handoff", version=version))
         data, fds, _flags, _address = socket.recv_fds(connection, MAX_MESSAGE, len(FD_NAMES))
     except OSError as exc:

@@ -382,6 +382,9 @@ class BackendManager extends EventEmitter {
 
   _controlFailure(err, endpoint, timeoutMs) {
     if (err.code === 'timeout') return timeoutError('the control socket', timeoutMs, { cause: err });
+    if (err.code === 'untrusted_endpoint') {
+      return new BackendError(CODES.DAEMON_FAILED, err.message, { cause: err });
+    }
     if (err.code === 'EACCES' || err.code === 'EPERM') {
       return new BackendError(
         CODES.DAEMON_FAILED,

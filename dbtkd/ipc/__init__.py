@@ -3,7 +3,9 @@
 Both modules offer the same four names:
 
 - ``connect(address, timeout) -> Channel``: a blocking client connection (stdlib only, since
-  ``dbtkctl`` uses it); the caller owns and closes it.
+  ``dbtkctl`` uses it); the caller owns and closes it. It raises ``UntrustedEndpoint`` before
+  sending anything when the endpoint is not the user's own (POSIX: directory, socket and peer
+  checks; Windows: the pipe's DACL already admits only the user).
 - ``start_server(address, on_connect, sock=None) -> ControlServer``: an asyncio server; each
   accepted connection is handed to ``on_connect(reader, writer, peer_uid)`` which owns it.
   ``sock`` adopts an already-listening socket (systemd socket activation, handoff).
@@ -19,6 +21,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised through its seams on
     from dbtkd.ipc._windows import (
         Channel,
         ControlServer,
+        UntrustedEndpoint,
         connect,
         current_user_sid,
         remove_stale,
@@ -28,6 +31,7 @@ else:
     from dbtkd.ipc._unix import (
         Channel,
         ControlServer,
+        UntrustedEndpoint,
         connect,
         current_user_sid,
         remove_stale,
@@ -37,6 +41,7 @@ else:
 __all__ = [
     "Channel",
     "ControlServer",
+    "UntrustedEndpoint",
     "connect",
     "current_user_sid",
     "remove_stale",

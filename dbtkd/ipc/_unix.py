@@ -1,8 +1,13 @@
 """Control transport over a Unix domain socket (0600, in a 0700 directory).
 
-The peer's uid is read with ``SO_PEERCRED`` on Linux so the control server can refuse other
-users even if file permissions were loosened. asyncio is imported only by ``start_server``;
-the blocking client side stays cheap for ``dbtkctl``.
+The peer's uid is read with ``SO_PEERCRED`` on Linux (``LOCAL_PEERCRED`` on macOS and the BSDs)
+so the control server can refuse other users even if file permissions were loosened, and so
+can every client: ``connect`` checks, before it sends a byte, that the socket's directory is a
+real directory (not a symlink) of ours with mode 0700, that the socket file is ours, and that
+the process listening is ours. Otherwise it raises ``UntrustedEndpoint``: in a shared temp dir
+another local user could have created the path first and would otherwise receive the token and
+the connection passwords. asyncio is imported only by ``start_server``; the blocking client
+side stays cheap for ``dbtkctl``.
 """
 
 from __future__ import annotations
@@ -39,12 +44,56 @@ else:
 LISTEN_BACKLOG = 512
 
 
+class UntrustedEndpoint(PermissionError):
+    """The control socket, its directory or the process behind it is not the user's own."""
+
+
+def check_endpoint(address: str) -> None:
+    """Raise ``UntrustedEndpoint`` unless ``address`` sits in a real 0700 directory of ours
+    and, if it exists, is a socket of ours. A missing directory or socket is left to connect
+    (ENOENT: no daemon)."""
+    me = os.getuid()
+    directory = os.path.dirname(address) or "."
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UntrustedEndpoint(
+            f"refusing to use {address}: {directory} is not a real directory (a symlink?); "
+            "another user may be impersonating dbtkd. Remove it, or set DBTK_HOME"
+        )
+    if st.st_uid != me or stat.S_IMODE(st.st_mode) & 0o077:
+        raise UntrustedEndpoint(
+            f"refusing to use {address}: {directory} belongs to uid {st.st_uid} with mode "
+            f"{stat.S_IMODE(st.st_mode):o}, expected uid {me} and 700; another user may be "
+            "impersonating dbtkd. Remove it, or set DBTK_HOME"
+        )
+    try:
+        st = os.lstat(address)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != me:
+        raise UntrustedEndpoint(
+            f"refusing to use {address}: it is not a socket of uid {me} (uid {st.st_uid}); "
+            "another user may be impersonating dbtkd. Remove it, or set DBTK_HOME"
+        )
+
+
 def connect(address: str, timeout: float) -> socket.socket:
-    """Connect to the control socket; raises OSError (ENOENT, ECONNREFUSED...) if none."""
+    """Connect to the control socket; raises OSError (ENOENT, ECONNREFUSED...) if none, and
+    ``UntrustedEndpoint`` — before sending anything — if it is not the user's own daemon."""
+    check_endpoint(address)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(address)
+        uid = peer_uid(sock)
+        if uid is not None and uid != os.getuid():
+            raise UntrustedEndpoint(
+                f"refusing to use {address}: the process listening there runs as uid {uid}, "
+                f"not as you (uid {os.getuid()}); another user may be impersonating dbtkd"
+            )
     except BaseException:
         sock.close()
         raise
@@ -52,14 +101,20 @@ def connect(address: str, timeout: float) -> socket.socket:
 
 
 def peer_uid(sock: socket.socket) -> int | None:
-    """The connecting process's uid (Linux ``SO_PEERCRED``), or None where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return None
+    """The peer process's uid: ``SO_PEERCRED`` on Linux, ``LOCAL_PEERCRED`` on macOS and the
+    BSDs; None where neither exists (then the socket's owner and mode are all we check)."""
     import struct
 
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return int(uid)
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        sol_local, local_peercred = 0, 0x001  # <sys/un.h>; Python names neither
+        layout = "IIh16I"  # struct xucred: version, uid, ngroups, groups[16]
+        raw = sock.getsockopt(sol_local, local_peercred, struct.calcsize(layout))
+        return int(struct.unpack(layout, raw[: struct.calcsize(layout)])[1])
+    return None
 
 
 def remove_stale(address: str) -> None:

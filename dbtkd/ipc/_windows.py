@@ -87,6 +87,11 @@ ACCEPT_ERROR_PAUSE_SECONDS = 0.1
 _SID_PATTERN = re.compile(r"S-1-\d+(?:-\d+)+")
 
 
+class UntrustedEndpoint(PermissionError):
+    """The control endpoint is not the user's own (never raised here: the pipe's DACL admits
+    only the user, so another user's pipe cannot be opened in the first place)."""
+
+
 class Channel(Protocol):
     def sendall(self, data: bytes, /) -> None: ...
     def recv(self, size: int, /) -> bytes: ...

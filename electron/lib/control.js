@@ -11,7 +11,9 @@
  */
 
 const { EventEmitter } = require('node:events');
+const fs = require('node:fs');
 const net = require('node:net');
+const path = require('node:path');
 
 const { versionMismatch } = require('./errors');
 
@@ -46,6 +48,45 @@ function checkProtocol(reply) {
   }
 }
 
+/**
+ * Before a byte goes out (POSIX): the socket's directory must be a real directory (lstat, not
+ * a symlink) of this user with mode 0700, and the socket a socket of this user. Node has no
+ * peer-credential call, so ownership and modes are what it can check; in a shared temp dir
+ * another user could otherwise have created the path first and would receive the token.
+ * Throws ControlError `untrusted_endpoint`; a missing path is left to connect (ENOENT).
+ */
+function checkEndpoint(address, platform = process.platform) {
+  if (platform === 'win32') return; // a named pipe whose DACL admits only the user
+  const me = process.getuid();
+  const refuse = (why) =>
+    new ControlError(
+      'untrusted_endpoint',
+      `refusing to use ${address}: ${why}; another user may be impersonating the DB Toolkit ` +
+        'backend. Remove it, or give DB Toolkit its own DBTK_HOME.',
+    );
+  const lstat = (target) => {
+    try {
+      return fs.lstatSync(target);
+    } catch (err) {
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    }
+  };
+  const dir = lstat(path.dirname(address));
+  if (dir === null) return;
+  if (!dir.isDirectory()) throw refuse(`${path.dirname(address)} is not a real directory`);
+  if (dir.uid !== me || (dir.mode & 0o077) !== 0) {
+    throw refuse(
+      `${path.dirname(address)} belongs to uid ${dir.uid} with mode ${(dir.mode & 0o777).toString(8)}, ` +
+        `expected uid ${me} and 700`,
+    );
+  }
+  const file = lstat(address);
+  if (file !== null && (!file.isSocket() || file.uid !== me)) {
+    throw refuse(`it is not a socket of uid ${me} (uid ${file.uid})`);
+  }
+}
+
 /** True for the errors that mean "no daemon listens there" (so one may be started). */
 function isNotRunning(err) {
   return Boolean(err) && ['ENOENT', 'ECONNREFUSED', 'ENOTSOCK'].includes(err.code);
@@ -71,6 +112,11 @@ class ControlConnection extends EventEmitter {
    * ENOENT/ECONNREFUSED when no daemon listens) or a ControlError `timeout`.
    */
   static open(address, { timeoutMs = 2000 } = {}) {
+    try {
+      checkEndpoint(address);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise((resolve, reject) => {
       const socket = net.createConnection({ path: address });
       const timer = setTimeout(() => {
@@ -178,4 +224,5 @@ module.exports = {
   DaemonReplyError,
   PROTOCOL_VERSION,
   isNotRunning,
+  checkEndpoint,
 };

@@ -4,8 +4,10 @@
 result, raising ``NotRunning`` when nothing listens and ``DaemonError`` for an error reply.
 ``ensure_running`` is the race-free start: under the client-side ``spawn.lock`` it probes,
 spawns a detached ``dbtkd`` if needed and waits until the worker answers, so fifty racing
-callers start exactly one daemon. Stdlib plus the stdlib-only modules of ``dbtkd``, because
-this is ``dbtkctl``'s hot path.
+callers start exactly one daemon. When nothing answers at this caller's control socket, the
+record next to the data (``dbtkd.live.json``) names the socket of a daemon started with another
+runtime dir (a login item vs an ssh session), which is then used instead of starting a second.
+Stdlib plus the stdlib-only modules of ``dbtkd``, because this is ``dbtkctl``'s hot path.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ START_TIMEOUT = 40 * SECONDS
 BUSY_RETRIES = 8
 SPAWN_POLL = 0.01 * SECONDS
 LOG_LINES_ON_FAILURE = 5
+# After our dbtkd exits at start, how long the data dir's owner may take to record its socket.
+OWNER_GRACE = 2 * SECONDS
 
 
 class Client:
@@ -68,21 +72,44 @@ class Client:
 
     def _connect(self) -> ipc.Channel:
         try:
-            return ipc.connect(self.runtime.control_socket, CONNECT_TIMEOUT)
+            return self._connect_to(self.runtime.control_socket)
+        except NotRunning:
+            other = self._live_socket()
+            if other is None:
+                raise
+        channel = self._connect_to(other)
+        self.runtime.control_socket = other  # the rest of this command talks to it too
+        return channel
+
+    def _live_socket(self) -> str | None:
+        """The control socket recorded next to the data by the daemon that owns it, when it
+        is not ours (the daemon was started with another runtime dir)."""
+        from dbtkd.state import read_json
+
+        try:
+            live = read_json(data_paths(home=self.runtime.home).live_file) or {}
+        except OSError:
+            return None
+        other = live.get("control_socket")
+        if isinstance(other, str) and other != self.runtime.control_socket:
+            return other
+        return None
+
+    def _connect_to(self, address: str) -> ipc.Channel:
+        try:
+            return ipc.connect(address, CONNECT_TIMEOUT)
         except ipc.UntrustedEndpoint as exc:
             # Not "not running": nothing may be started or sent until the user looks.
             raise DbtkError(str(exc)) from None
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NotRunning(
-                f"dbtkd is not running (no daemon at {self.runtime.control_socket})"
-            ) from exc
+            raise NotRunning(f"dbtkd is not running (no daemon at {address})") from exc
         except PermissionError as exc:
             raise DbtkError(
-                f"permission denied opening {self.runtime.control_socket}: that daemon belongs "
+                f"permission denied opening {address}: that daemon belongs "
                 "to another user; run dbtkctl as that user or use your own --home"
             ) from exc
         except OSError as exc:
-            raise NotRunning(f"cannot reach dbtkd at {self.runtime.control_socket}: {exc}") from exc
+            raise NotRunning(f"cannot reach dbtkd at {address}: {exc}") from exc
 
     def _result(self, message: dict[str, Any]) -> Any:
         self.daemon = message.get("daemon") or {}
@@ -216,19 +243,39 @@ def ensure_running(
             pass
         proc = spawn_daemon(runtime, spawn_args)
         deadline = time.monotonic() + timeout
+        exited_at: float | None = None
         while time.monotonic() < deadline:
             code = proc.poll()
             try:
                 return _port(client), True
             except NotRunning:
                 if code is not None:
-                    raise start_failure(
-                        runtime, f"dbtkd exited with status {code} while starting"
-                    ) from None
+                    # It may have found the data dir owned by a daemon started with another
+                    # runtime dir, which records its socket only once that listens.
+                    exited_at = exited_at or time.monotonic()
+                    owner = _data_dir_owner(runtime)
+                    if owner in (None, proc.pid) or time.monotonic() - exited_at > OWNER_GRACE:
+                        raise start_failure(
+                            runtime, f"dbtkd exited with status {code} while starting"
+                        ) from None
             time.sleep(SPAWN_POLL)
         raise start_failure(runtime, f"dbtkd did not become ready within {timeout:.0f} s")
     finally:
         lock.release(fd)
+
+
+def _data_dir_owner(runtime: RuntimePaths) -> int | None:
+    """The live process the data dir's lock file names, if any (a hint: the lock is the truth,
+    but taking it to look would make a starting daemon fail)."""
+    try:
+        with open(data_paths(home=runtime.home).data_lock, encoding="ascii") as file:
+            pid = int(file.read().strip() or 0)
+        if pid > 0:
+            os.kill(pid, 0)
+            return pid
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _port(client: Client) -> dict[str, Any]:

@@ -271,6 +271,7 @@ class ControlCommands:
             self.daemon.listener.fileno(),
             self.daemon.control_server.sockets[0].fileno(),
             self.daemon.lock_fd,
+            self.daemon.data_lock_fd,
         ]
         connection = stream.dup_socket()
         try:

@@ -31,7 +31,7 @@ READY_TIMEOUT = 10 * SECONDS
 VERDICT_TIMEOUT = READY_TIMEOUT + 5 * SECONDS
 # After the handoff, clients re-attach to the new daemon; their old leases count this long.
 LEASE_GRACE = 10 * SECONDS
-FD_NAMES = ("listener", "control", "lock")
+FD_NAMES = ("listener", "control", "lock", "data_lock")
 MAX_MESSAGE = 64 * 1024
 
 

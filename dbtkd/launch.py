@@ -35,6 +35,7 @@ class Launch:
         self.env = env
         self.logfile = logfile
         self.lock_fd = -1
+        self.data_lock_fd = -1
         self.listener: socket.socket | None = None
         self.port = 0
         self.token = secrets.token_urlsafe(32)
@@ -54,10 +55,18 @@ class Launch:
         settings = self.settings
         self.lock_fd = lock.acquire_instance_lock(settings.runtime.lock_file)
         try:
+            self.data_lock_fd = lock.acquire_data_lock(
+                settings.data.data_lock, settings.data.live_file
+            )
+        except BaseException:
+            lock.release(self.lock_fd)
+            raise
+        try:
             last_port = state.read_port(settings.data.last_port_file)
             self.listener = port.bind_listener(settings.port_range, last_port)
         except BaseException:
             lock.release(self.lock_fd)
+            lock.release(self.data_lock_fd)
             raise
         self.port = self.listener.getsockname()[1]
         self.owns_files = True
@@ -69,6 +78,7 @@ class Launch:
         )
         self.handoff_connection = connection
         self.lock_fd = fds["lock"]
+        self.data_lock_fd = fds["data_lock"]
         self.listener = socket.socket(fileno=fds["listener"])
         self.control_listener = socket.socket(fileno=fds["control"])
         self.port = self.listener.getsockname()[1]

@@ -55,6 +55,33 @@ def acquire_instance_lock(path: str) -> int:
     return fd
 
 
+def acquire_data_lock(path: str, live_file: str) -> int:
+    """Take the data dir's lock or raise ``AlreadyRunning`` naming the daemon that holds it.
+
+    The runtime lock alone let two daemons share one data dir when their callers saw different
+    runtime dirs (a login item, an ssh session, ``sudo -u``): each rewrote the stores from its
+    own memory. This lock sits next to the data, so only one can ever own it.
+    """
+    fd = _open(path)
+    if _try_lock(fd):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    try:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+    from dbtkd.state import read_json
+
+    live = read_json(live_file) or {}
+    where = live.get("control_socket") or "its control socket is not recorded yet"
+    raise AlreadyRunning(
+        f"another dbtkd (pid {live.get('pid') or holder}, control socket {where}) already owns "
+        f"the data directory {os.path.dirname(path)}; use that one (dbtkctl finds it), or stop "
+        "it first (dbtkctl stop)"
+    )
+
+
 def acquire_blocking(path: str, timeout: float) -> int | None:
     """Wait up to ``timeout`` seconds for the lock; return its fd, or None on timeout."""
     fd = _open(path)

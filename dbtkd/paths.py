@@ -15,6 +15,7 @@ whose name is derived from the user's SID and the home directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -37,6 +38,10 @@ LOG_NAME = "dbtkd.log"
 CONFIG_NAME = "dbtkd.toml"
 LAST_PORT_NAME = "last-port"
 LEGACY_PORT_NAME = "backend.port"
+# In the data dir: the lock that makes one daemon per data dir whatever its runtime dir, and
+# the record of the control socket that daemon serves (clients with another runtime dir use it).
+DATA_LOCK_NAME = "dbtkd.lock"
+LIVE_NAME = "dbtkd.live.json"
 
 
 class RuntimePaths:
@@ -98,6 +103,14 @@ class DataPaths:
     @property
     def last_port_file(self) -> str:
         return os.path.join(self.state_dir, LAST_PORT_NAME)
+
+    @property
+    def data_lock(self) -> str:
+        return os.path.join(self.data_dir, DATA_LOCK_NAME)
+
+    @property
+    def live_file(self) -> str:
+        return os.path.join(self.data_dir, LIVE_NAME)
 
 
 def _is_private_dir(path: str, uid: int) -> bool:
@@ -256,7 +269,8 @@ def ensure_private_dir(path: str) -> None:
     from dbtkd.errors import StartFailed
 
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # not a directory: named below
+            os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
     except OSError as exc:
         raise StartFailed(f"cannot create {path}: {exc.strerror or exc}") from exc

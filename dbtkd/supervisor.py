@@ -95,6 +95,7 @@ class Supervisor:
         self.control_server: ipc.ControlServer | None = None
         self.control_listener = launch.control_listener  # handed over by a predecessor
         self.lock_fd = launch.lock_fd
+        self.data_lock_fd = launch.data_lock_fd
         self.owns_files = launch.owns_files  # may we remove the socket, state, port files?
         self.exit_code = 0
         self.stop_code = 1001  # WebSocket close code for our worker's clients at exit
@@ -147,6 +148,7 @@ class Supervisor:
                 self.unadopted.popen.wait()
             await self._cleanup()
             lock.release(self.lock_fd)
+            lock.release(self.data_lock_fd)
         log.info("dbtkd stopped")
         self.logfile.close()
         return self.exit_code
@@ -210,6 +212,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.unlink(runtime.control_socket)
             state.remove_if(runtime.state_file, lambda text: self.nonce in text)
+            state.remove_if(self.settings.data.live_file, lambda text: self.nonce in text)
             state.remove_if(runtime.legacy_port_file, lambda text: text.strip() == str(self.port))
         if self.listener is not None:
             self.listener.close()
@@ -345,6 +348,10 @@ class Supervisor:
             "home": runtime.home,
         }
         state.write_atomic(runtime.state_file, json.dumps(document, indent=2) + "\n")
+        # Next to the data: how a client with another runtime dir finds this daemon. Written
+        # once the control socket listens, like the state file.
+        live = {key: document[key] for key in ("format", "pid", "control_socket", "nonce", "home")}
+        state.write_atomic(self.settings.data.live_file, json.dumps(live, indent=2) + "\n")
 
     def _write_state_files(self) -> None:
         self._write_state_file()

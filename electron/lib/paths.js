@@ -164,11 +164,38 @@ function currentUserSid() {
 }
 
 /**
+ * The daemon's data dir, as dbtkd.paths.data_paths computes it (platformdirs' user_data_dir
+ * for "db-toolkit" without an app author), POSIX only.
+ */
+function dataDir({ env = process.env, home, platform = process.platform } = {}) {
+  const resolved = homeFrom(env, home, platform);
+  if (resolved) return path.join(resolved, 'data');
+  const user = expandUser('~', env, platform);
+  if (platform === 'darwin') return path.join(user, 'Library', 'Application Support', APP_NAME);
+  const base = (env.XDG_DATA_HOME || '').trim() || path.join(user, '.local', 'share');
+  return path.join(base, APP_NAME);
+}
+
+/**
  * The control endpoint for this process: on POSIX computed; on Windows taken from the state
  * file when a daemon runs (it records the pipe name), else computed from the SID.
  */
 function controlEndpoint({ env = process.env, home } = {}) {
-  if (process.platform !== 'win32') return runtimePaths({ env, home });
+  if (process.platform !== 'win32') {
+    const computed = runtimePaths({ env, home });
+    if (fs.existsSync(computed.controlSocket)) return computed;
+    // No daemon at our socket: one started with another runtime dir (a login item vs an ssh
+    // session) records its socket next to the data it owns (dbtkd.live.json).
+    try {
+      const live = JSON.parse(fs.readFileSync(path.join(dataDir({ env, home }), 'dbtkd.live.json'), 'utf8'));
+      if (typeof live.control_socket === 'string' && fs.existsSync(live.control_socket)) {
+        return { ...computed, controlSocket: live.control_socket };
+      }
+    } catch {
+      // no record: no daemon owns the data dir
+    }
+    return computed;
+  }
   const probe = runtimePaths({ env, home, sid: 'S-0' });
   try {
     const state = JSON.parse(fs.readFileSync(probe.stateFile, 'utf8'));
@@ -193,6 +220,7 @@ module.exports = {
   SOCKET_PATH_MAX,
   controlEndpoint,
   currentUserSid,
+  dataDir,
   isPrivateDir,
   runtimePaths,
   windowsPipeName,

@@ -317,9 +317,10 @@ def test_a_symlink_planted_at_the_temp_socket_directory_is_refused_not_followed(
     assert proc.returncode == 4
     assert f"{planted} is not a directory (a symlink?)" in proc.stderr
     assert list(elsewhere.iterdir()) == []
+    # dbtkctl refuses before it connects or starts anything (issue 11 item 3): exit 1.
     result = run_ctl(home, "port", env=env_for(home, TMPDIR=str(temp)))
-    assert result.code == 4
-    assert "is not a directory (a symlink?)" in result.err
+    assert result.code == 1
+    assert "is not a real directory (a symlink?)" in result.err
 
 
 def test_the_listening_backlog_stays_deep_after_the_worker_starts(daemon: Daemon) -> None:

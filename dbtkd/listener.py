@@ -41,6 +41,8 @@ REPORT_INTERVAL = 10 * SECONDS
 # asyncio calls ``accept`` until it raises; refusing this many at a time lets the event loop
 # serve established connections between batches of a flood.
 REFUSE_BATCH = 64
+# Shorter than asyncio's own pause after a failed accept (1 s), which it ends by itself.
+QUIET_AFTER_FAILURE = 0.5 * SECONDS
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 log = logging.getLogger("dbtkd.listener")
@@ -83,6 +85,7 @@ class CappedListener(socket.socket):
     _refused_unreported = 0
     _last_report = float("-inf")
     _spare = -1
+    _quiet_until = float("-inf")
     _refusal = b""
 
     @classmethod
@@ -94,13 +97,21 @@ class CappedListener(socket.socket):
         return listener
 
     def accept(self) -> tuple[socket.socket, Any]:
+        if time.monotonic() < self._quiet_until:
+            raise BlockingIOError  # asyncio has paused us: end its accept loop quietly
         for _ in range(REFUSE_BATCH):
             try:
                 fd, address = self._accept()  # type: ignore[attr-defined]
             except OSError as exc:
-                if exc.errno not in OUT_OF_DESCRIPTORS or not self._refuse_with_spare():
+                if exc.errno not in OUT_OF_DESCRIPTORS:
                     raise  # BlockingIOError (queue empty) ends asyncio's accept loop
-                continue
+                if self._refuse_with_spare():
+                    continue
+                # No spare either (another thread took the descriptor): asyncio logs this
+                # error once and pauses accepting for a second; without the quiet period it
+                # would call us again at once, logging once per pending connection.
+                self._quiet_until = time.monotonic() + QUIET_AFTER_FAILURE
+                raise
             if self.open_connections < self.cap:
                 self.open_connections += 1
                 connection = _Connection(self.family, self.type, self.proto, fileno=fd)
@@ -130,11 +141,15 @@ class CappedListener(socket.socket):
         self._spare = -1
         try:
             fd, _ = self._accept()  # type: ignore[attr-defined]
-        except OSError:
-            return False
-        finally:
+        except BlockingIOError:
+            # Linux reports EMFILE before looking at the queue: it was empty all along.
             self._take_spare()
+            raise
+        except OSError:
+            self._take_spare()
+            return False
         self._refuse(fd, why="the worker is out of file descriptors")
+        self._take_spare()  # the descriptor the refused connection just gave back
         return True
 
     def _refuse(self, fd: int, why: str = "") -> None:

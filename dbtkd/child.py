@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dbtkd.spawn import Spawned
-from dbtkd.throttle import LineThrottle
+from dbtkd.throttle import SIMILAR_LINES_PER_WINDOW, LineThrottle
 
 SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
@@ -146,7 +146,8 @@ class Worker:
         wlog = logging.getLogger(f"dbtkd.worker[{self.pid}]")
         # A flood (a traceback per connection) is counted, not written: it would rotate the
         # log's whole history away (dbtkd.throttle).
-        throttle = LineThrottle(time.monotonic())
+        debug = wlog.isEnabledFor(logging.DEBUG)  # every line wanted: only the byte budget
+        throttle = LineThrottle(time.monotonic(), None if debug else SIMILAR_LINES_PER_WINDOW)
         while True:
             try:
                 raw = await asyncio.wait_for(

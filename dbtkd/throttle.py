@@ -38,7 +38,13 @@ def shape(line: str) -> str:
 class LineThrottle:
     """Per-window budgets for one stream of lines; ``feed`` says what to write now."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(
+        self, now: float, similar_per_window: int | None = SIMILAR_LINES_PER_WINDOW
+    ) -> None:
+        """``similar_per_window`` None: only the byte budget applies (at log level debug,
+        where the access log makes every request a line of the same shape, and all are
+        wanted)."""
+        self._similar = similar_per_window
         self._window_start = now
         self._bytes = 0
         self._per_shape: collections.Counter[str] = collections.Counter()
@@ -54,9 +60,8 @@ class LineThrottle:
         key = shape(line)
         self._per_shape[key] += 1
         size = len(line.encode("utf-8", "replace")) + 1
-        if self._per_shape[key] <= SIMILAR_LINES_PER_WINDOW and (
-            self._bytes + size <= BYTES_PER_WINDOW
-        ):
+        alike_ok = self._similar is None or self._per_shape[key] <= self._similar
+        if alike_ok and self._bytes + size <= BYTES_PER_WINDOW:
             self._bytes += size
             return summaries, line
         self._suppressed[key] += 1
@@ -92,8 +97,8 @@ class LineThrottle:
         )
         kinds = len(self._suppressed)
         more = f"; {kinds - len(commonest)} other kinds" if kinds > len(commonest) else ""
+        alike = f"{self._similar} alike or " if self._similar is not None else ""
         return (
             f"{total} similar lines suppressed in the last {elapsed:.0f} s "
-            f"(over {SIMILAR_LINES_PER_WINDOW} alike or {BYTES_PER_WINDOW // 1024} KiB per "
-            f"{WINDOW:.0f} s): {examples}{more}"
+            f"(over {alike}{BYTES_PER_WINDOW // 1024} KiB per {WINDOW:.0f} s): {examples}{more}"
         )

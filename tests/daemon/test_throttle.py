@@ -68,3 +68,14 @@ def test_a_huge_line_is_cut_not_dropped() -> None:
 def test_numbers_do_not_make_lines_different() -> None:
     assert throttle.shape("fd=5 port 8000 at 0x7f3a") == throttle.shape("fd=6 port 8001 at 0x1")
     assert throttle.shape("GET /a") != throttle.shape("GET /b")
+
+
+def test_at_debug_level_only_the_byte_budget_applies() -> None:
+    t = LineThrottle(0.0, similar_per_window=None)
+    access = [f'127.0.0.1:{50000 + i} "GET /api/v1/health HTTP/1.1" 200 15 9us' for i in range(400)]
+    assert feed_all(t, access, 0.0) == access
+    flood = ["x" * 1000] * 100
+    written = feed_all(t, flood, 0.0)
+    assert 0 < len(written) < len(flood)
+    [summary] = t.flush(0.0, force=True)
+    assert "(over 64 KiB per 10 s)" in summary

@@ -25,6 +25,7 @@ from typing import Any
 
 from bench import (
     cold_start,
+    half_open,
     handoff_gap,
     memory,
     restart_gap,
@@ -55,6 +56,7 @@ FIGURES: dict[str, Measure] = {
     "restart_storm": restart_storm.measure,
     "handoff_gap": handoff_gap.measure,
     "watchdog_detect": watchdog_detect.measure,
+    "half_open": half_open.measure,
 }
 BUDGET_MISSED = 3
 BUSY_LOAD_PER_CPU = 0.5

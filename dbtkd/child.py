@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dbtkd.spawn import Spawned
+from dbtkd.throttle import SIMILAR_LINES_PER_WINDOW, LineThrottle
 
 SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
@@ -143,19 +144,35 @@ class Worker:
 
     async def _pump_output(self) -> None:
         wlog = logging.getLogger(f"dbtkd.worker[{self.pid}]")
+        # A flood (a traceback per connection) is counted, not written: it would rotate the
+        # log's whole history away (dbtkd.throttle).
+        debug = wlog.isEnabledFor(logging.DEBUG)  # every line wanted: only the byte budget
+        throttle = LineThrottle(time.monotonic(), None if debug else SIMILAR_LINES_PER_WINDOW)
         while True:
             try:
-                raw = await self.output.readline()
+                raw = await asyncio.wait_for(
+                    self.output.readline(), throttle.seconds_to_flush(time.monotonic())
+                )
+            except TimeoutError:  # quiet again: say what was held back
+                for summary in throttle.flush(time.monotonic()):
+                    wlog.warning("%s", summary)
+                continue
             except ValueError:  # a line over the stream limit: log what we have
                 raw = await self.output.read(64 * 1024)
             if not raw:
+                for summary in throttle.flush(time.monotonic(), force=True):
+                    wlog.warning("%s", summary)
                 # Its output ended: it exited (or is about to). Our end of its stdin is ours
                 # to close, or every restart would leak a descriptor.
                 self._stdin.close()
                 return
             line = raw.decode("utf-8", "replace").rstrip()
             self.stderr_tail.append(line)
-            wlog.info("%s", line)
+            summaries, written = throttle.feed(line, time.monotonic())
+            for summary in summaries:
+                wlog.warning("%s", summary)
+            if written is not None:
+                wlog.info("%s", written)
 
     async def _pump_replies(self) -> None:
         while line := await self.replies.readline():

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,8 +24,9 @@ from dbtkd import protocol
 from dbtkd.protocol import Request, RequestError
 
 SECONDS = 1.0
-# A client that connects and says nothing holds a slot; 10 s is ample for any real client
-# (dbtkctl sends its request right after connecting) and frees slots from stuck ones.
+# A client that connects and says nothing, or sends half a line, holds a slot; 10 s is ample
+# for any real client (dbtkctl sends its request right after connecting) and frees slots from
+# stuck ones. The whole line must arrive within it: a byte now and then does not extend it.
 IDLE_TIMEOUT = 10 * SECONDS
 # Windows, dbtkctl calls and leases share one pool; 256 is far beyond real use and keeps a
 # runaway script from exhausting the supervisor's file descriptors.
@@ -81,13 +83,22 @@ class Handler(Protocol):
 Command = Callable[[Request, "Stream | None"], Awaitable[Any]]
 
 
+class _Slot:
+    """One connection's place in the pool; ``waiting_since`` is set until its first request
+    is complete (monotonic time), which makes it the first to go when the pool is full."""
+
+    def __init__(self, writer: asyncio.StreamWriter, waiting_since: float) -> None:
+        self.writer = writer
+        self.waiting_since: float | None = waiting_since
+
+
 class ControlServer:
     """Serves one daemon's control endpoint on behalf of ``handler`` (the supervisor)."""
 
     def __init__(self, handler: Handler, *, uid: int | None = None) -> None:
         self.handler = handler
         self.uid = os.getuid() if uid is None and hasattr(os, "getuid") else uid
-        self.connections: set[asyncio.Task[None]] = set()
+        self.connections: dict[asyncio.Task[None], _Slot] = {}
         self.streams: set[Stream] = set()
 
     async def on_connect(
@@ -105,7 +116,7 @@ class ControlServer:
                     reader,
                 )
                 return
-            if len(self.connections) >= MAX_CONNECTIONS:
+            if len(self.connections) >= MAX_CONNECTIONS and not self._evict_oldest_waiting():
                 await self._refuse(
                     writer,
                     protocol.BUSY,
@@ -113,15 +124,39 @@ class ControlServer:
                     reader,
                 )
                 return
-            self.connections.add(task)
-            await self._serve(reader, writer)
+            slot = self.connections[task] = _Slot(writer, time.monotonic())
+            await self._serve(reader, writer, slot)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client left; nothing to answer
         finally:
-            self.connections.discard(task)
+            self.connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _evict_oldest_waiting(self) -> bool:
+        """Make room by closing the oldest connection that never completed a request.
+
+        Leases, streams and clients that have spoken keep their slots; a connection that has
+        sent nothing or half a line is the cheapest to lose (a real client reconnects), so a
+        pile of stuck ones cannot lock the owner's ``dbtkctl`` out until their timeouts.
+        """
+        waiting = {t: s.waiting_since for t, s in self.connections.items() if s.waiting_since}
+        if not waiting:
+            return False
+        task = min(waiting, key=waiting.__getitem__)
+        slot = self.connections.pop(task)
+        slot.writer.write(
+            protocol.encode_error(
+                None,
+                protocol.BUSY,
+                f"closed to make room: {MAX_CONNECTIONS} control connections are open and this "
+                "one sent no complete request; send the request right after connecting",
+                self.handler.daemon_info(),
+            )
+        )
+        slot.writer.close()  # its reader sees EOF and its task ends
+        return True
 
     async def _refuse(
         self,
@@ -145,15 +180,18 @@ class ControlServer:
                         while await reader.read(READ_CHUNK):
                             pass
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: _Slot
+    ) -> None:
         framer = protocol.LineFramer()
         stream: Stream | None = None
+        # Non-streaming connections must deliver each whole request line within the idle
+        # timeout of the connect or of the previous reply, partial lines included.
+        deadline = time.monotonic() + IDLE_TIMEOUT
         try:
             while True:
-                # The idle timeout guards only request boundaries of non-streaming connections.
-                idle = stream is None and framer.pending == 0
                 try:
-                    timeout = IDLE_TIMEOUT if idle else None
+                    timeout = max(0.0, deadline - time.monotonic()) if stream is None else None
                     data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
                 except TimeoutError:
                     return
@@ -165,12 +203,15 @@ class ControlServer:
                     await self._refuse(writer, exc.code, exc.message, reader)
                     return
                 for line in lines:
+                    slot.waiting_since = None  # it has spoken: no longer first to be evicted
                     if stream is not None:
                         if stream.lines is not None:
                             stream.lines.put_nowait(line)
                         continue  # otherwise a streaming connection only listens for the close
                     stream = await self._handle_line(line, writer)
                     await writer.drain()
+                if lines:
+                    deadline = time.monotonic() + IDLE_TIMEOUT
         finally:
             if stream is not None:
                 stream.closed.set()

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, handoff, lock, port, spawn, state, subreaper
+from dbtkd import __version__, fdlimit, handoff, lock, port, spawn, state, subreaper
 from dbtkd.errors import DbtkError, StartFailed
 from dbtkd.logfile import LogFile
 from dbtkd.settings import LOG_LEVELS, Settings, load
@@ -92,6 +92,8 @@ class Launch:
 
 def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
     """Everything up to a running first worker; logs (and raises) what stops it."""
+    # First: the worker inherits it, and the control socket's connections count against it.
+    open_files = fdlimit.raise_to_hard()
     logfile = LogFile(
         settings.data.log_file,
         settings.log_level,
@@ -99,6 +101,8 @@ def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
         settings.log_backups,
         echo=echo,
     )
+    if open_files[1] != open_files[0]:
+        log.info("open files limit raised from %d to %d", *open_files)
     launch = Launch(settings, env, logfile)
     try:
         if settings.takeover:

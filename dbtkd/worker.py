@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dbtkd import fdlimit
+from dbtkd.listener import CappedListener, connection_cap
+
 SECONDS = 1.0
 # DESIGN §2: a stop drains for at most 2 s; a window that reconnects loses nothing because
 # every stream sends a snapshot on connect.
@@ -139,11 +142,11 @@ class ReadinessProbe:
         await self.app(scope, receive, send)
 
 
-def _hypercorn_config(settings: dict[str, Any], bind: str) -> Any:
+def _hypercorn_config(settings: dict[str, Any]) -> Any:
     from hypercorn.config import Config
 
     config = Config()
-    config.bind = [bind] if bind else []
+    config.bind = []  # we pass the listening socket itself (``dbtkd.listener``)
     config.graceful_timeout = GRACEFUL_TIMEOUT
     # Hypercorn calls listen() again on the inherited socket with its own backlog (default
     # 100), which would shrink the supervisor's: keep it deep enough for a restart's queue.
@@ -157,7 +160,9 @@ def _hypercorn_config(settings: dict[str, Any], bind: str) -> Any:
 
 
 async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.config import Sockets
+    from hypercorn.utils import wrap_app
 
     from dbtkd import sockshare
     from dbtkd.app import AppConfig, children, create_app
@@ -214,28 +219,26 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
             await jobs.cancel_all(orders.jobs_reason)
         await app.state.streams.close_all(code)
 
-    config = _hypercorn_config(settings, bind)
+    config = _hypercorn_config(settings)
     served = ReadinessProbe(meter, settings["probe"])
-    if bind:
-        sock.close()  # a duplicate; Hypercorn opens fd://N itself
-        await hypercorn_serve(served, config, shutdown_trigger=shutdown_trigger)
-    else:  # Windows: a shared socket cannot be named by a bind string
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.config import Sockets
-        from hypercorn.utils import wrap_app
-
-        await worker_serve(
-            wrap_app(served, config.wsgi_max_body_size, "asgi"),
-            config,
-            sockets=Sockets([], [sock], []),  # (secure, insecure, quic)
-            shutdown_trigger=shutdown_trigger,
-        )
+    # Our socket object, not a bind string, on every OS: its ``accept`` enforces the cap.
+    listener = CappedListener.adopt(sock, connection_cap(fdlimit.soft_limit()))
+    if bind.startswith("fd://"):
+        os.close(int(bind[len("fd://") :]))  # the inherited original; ``sock`` was its duplicate
+    await worker_serve(
+        wrap_app(served, config.wsgi_max_body_size, "asgi"),
+        config,
+        sockets=Sockets([], [listener], []),  # (secure, insecure, quic)
+        shutdown_trigger=shutdown_trigger,
+    )
 
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # The supervisor raised it already; a worker started any other way must not stay at 1024.
+    fdlimit.raise_to_hard()
     if len(argv) != 2 or argv[0] != "--reply-fd":
         print("usage: dbtkd _worker --reply-fd N (started by the supervisor only)", file=sys.stderr)
         return 2

@@ -127,6 +127,41 @@ def test_a_silent_client_is_closed_after_the_idle_timeout_and_blocks_no_one(
     assert waited >= control.IDLE_TIMEOUT - 1
 
 
+@pytest.mark.timeout(90)
+def test_half_written_lines_time_out_and_do_not_lock_out_dbtkctl(daemon: Daemon) -> None:
+    """Issue 11 item 7: a full pool of half-written lines used to lock ``dbtkctl`` out forever.
+
+    Now each new client takes the slot of the oldest connection that never completed a
+    request (that one gets ``busy`` and is closed), and every half-written line is closed
+    after the idle timeout like a silent connection.
+    """
+    held: list[socket.socket] = []
+    try:
+        for _ in range(control.MAX_CONNECTIONS):
+            sock = control_connect(daemon.home, timeout=control.IDLE_TIMEOUT + 20)
+            sock.sendall(b'{"id": 1, "cmd": "sta')  # no newline, ever
+            held.append(sock)
+        # Every slot is taken (the pool may not have seen the last ones yet: ask a second
+        # time); the owner's dbtkctl is still answered.
+        result = daemon.ctl("status", "--json")
+        assert result.code == 0, result.err
+        assert result.json()["state"] == "running"
+        assert daemon.ctl("status", "--json").code == 0
+        # Each half-written line is closed by the daemon: the oldest ones to make room just
+        # now, the rest after the idle timeout. None of them ever gets a reply to its request.
+        for sock in held:
+            with contextlib.suppress(ConnectionResetError):
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                for line in data.splitlines():
+                    assert json.loads(line)["error"]["code"] == "busy", line
+    finally:
+        for sock in held:
+            sock.close()
+    still_serving(daemon)
+
+
 def test_connections_over_the_cap_get_busy_and_the_daemon_survives(daemon: Daemon) -> None:
     held: list[socket.socket] = []
     try:

@@ -265,15 +265,16 @@ def ensure_running(
 
 
 def _data_dir_owner(runtime: RuntimePaths) -> int | None:
-    """The live process the data dir's lock file names, if any (a hint: the lock is the truth,
-    but taking it to look would make a starting daemon fail)."""
+    """The live daemon recorded next to the data, if any (a hint: the lock is the truth, but
+    taking it to look would make a starting daemon fail)."""
+    from dbtkd.state import read_json
+
     try:
-        with open(data_paths(home=runtime.home).data_lock, encoding="ascii") as file:
-            pid = int(file.read().strip() or 0)
+        pid = int((read_json(data_paths(home=runtime.home).live_file) or {}).get("pid") or 0)
         if pid > 0:
             os.kill(pid, 0)
             return pid
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         pass
     return None
 

@@ -8,11 +8,12 @@ Stdlib only: ``dbtkctl`` takes the spawn lock.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
 
-from dbtkd.errors import AlreadyRunning
+from dbtkd.errors import AlreadyRunning, StartFailed
 from dbtkd.paths import ensure_private_dir
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -60,25 +61,34 @@ def acquire_data_lock(path: str, live_file: str) -> int:
 
     The runtime lock alone let two daemons share one data dir when their callers saw different
     runtime dirs (a login item, an ssh session, ``sudo -u``): each rewrote the stores from its
-    own memory. This lock sits next to the data, so only one can ever own it.
+    own memory. This lock sits next to the data, so only one can ever own it. It is held
+    through a read-only descriptor, so the data dir's file system can still be remounted
+    read-only under a running daemon (which then answers saves with 503); the holder's pid is
+    in ``live_file``, which the daemon writes once its control socket listens.
     """
-    fd = _open(path)
-    if _try_lock(fd):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
+    ensure_private_dir(os.path.dirname(path))
     try:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise StartFailed(f"cannot open {path}: {exc.strerror or exc}") from exc
+        # A read-only or full disk is temporary (saves answer 507/503 meanwhile): lock the
+        # file as it is, or the directory itself when the file cannot be made.
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    if _try_lock(fd):
+        return fd
+    os.close(fd)
     from dbtkd.state import read_json
 
     live = read_json(live_file) or {}
     where = live.get("control_socket") or "its control socket is not recorded yet"
     raise AlreadyRunning(
-        f"another dbtkd (pid {live.get('pid') or holder}, control socket {where}) already owns "
-        f"the data directory {os.path.dirname(path)}; use that one (dbtkctl finds it), or stop "
-        "it first (dbtkctl stop)"
+        f"another dbtkd (pid {live.get('pid') or 'unknown'}, control socket {where}) already "
+        f"owns the data directory {os.path.dirname(path)}; use that one (dbtkctl finds it), or "
+        "stop it first (dbtkctl stop)"
     )
 
 

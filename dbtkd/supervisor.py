@@ -351,12 +351,18 @@ class Supervisor:
         # Next to the data: how a client with another runtime dir finds this daemon. Written
         # once the control socket listens, like the state file.
         live = {key: document[key] for key in ("format", "pid", "control_socket", "nonce", "home")}
-        state.write_atomic(self.settings.data.live_file, json.dumps(live, indent=2) + "\n")
+        try:
+            state.write_atomic(self.settings.data.live_file, json.dumps(live, indent=2) + "\n")
+        except OSError as exc:  # a full or read-only data disk: clients find us the usual way
+            log.warning("cannot write %s: %s", self.settings.data.live_file, exc.strerror)
 
     def _write_state_files(self) -> None:
         self._write_state_file()
-        state.write_atomic(self.settings.data.last_port_file, f"{self.port}\n")
-        state.write_atomic(self.settings.runtime.legacy_port_file, f"{self.port}\n")
+        for path in (self.settings.data.last_port_file, self.settings.runtime.legacy_port_file):
+            try:
+                state.write_atomic(path, f"{self.port}\n")
+            except OSError as exc:  # conveniences: a full or read-only disk must not stop us
+                log.warning("cannot write %s: %s", path, exc.strerror)
         self.state_written = True
 
     def _worker_pids(self) -> list[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import faulthandler
 import json
 import logging
@@ -278,6 +279,11 @@ def _unusable_data_dir(data_dir: str) -> str | None:
             file.write("ok")
         os.unlink(probe)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            # Full or read-only: temporary. Serve (reads work; saves answer 507/503) rather
+            # than fail for good; the daemon goes on by itself once the disk is back.
+            log.warning("data directory %s cannot take writes: %s", data_dir, exc.strerror)
+            return None
         return f"data directory {data_dir} is unusable: {exc.strerror or exc}"
     return None
 

@@ -25,7 +25,7 @@ from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError, Pro
 from dbtkd.app.db.sessions import Sessions
 from dbtkd.app.jsontext import lone_surrogate_path
 from dbtkd.app.responses import ErrorResponse, describe
-from dbtkd.app.store import StoreTooNewError
+from dbtkd.app.store import StoreTooNewError, StoreUnwritable
 
 log = logging.getLogger("dbtkd.app.db")
 
@@ -91,6 +91,8 @@ def api(handler: Endpoint) -> Endpoint:
             return ErrorResponse(422, "invalid_params", str(error))
         except StoreTooNewError as error:
             return ErrorResponse(409, "store_too_new", str(error))
+        except StoreUnwritable as error:
+            return ErrorResponse(error.status, error.code, str(error))
 
     return endpoint
 

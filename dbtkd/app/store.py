@@ -31,6 +31,7 @@ for code already in one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -77,6 +78,31 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 
 class StoreTooNewError(Exception):
     """The file on disk was written by a newer daemon; writing it would lose data."""
+
+
+# errno values that mean "the disk cannot take writes right now": a temporary condition the
+# user fixes outside DB Toolkit (free space, remount), after which the daemon goes on by itself.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+READ_ONLY_ERRNOS = frozenset({errno.EROFS})
+
+
+class StoreUnwritable(Exception):
+    """The data dir is full (507) or read-only (503): nothing was saved; reads go on."""
+
+    def __init__(self, data_dir: str, error: OSError) -> None:
+        self.full = error.errno in FULL_ERRNOS
+        self.status = 507 if self.full else 503
+        self.code = "storage_full" if self.full else "storage_read_only"
+        cause = "the disk is full" if self.full else "the disk is read-only"
+        super().__init__(
+            f"cannot save to {data_dir}: {cause} ({error.strerror or error}); nothing was "
+            f"saved. {'Free some space' if self.full else 'Make it writable again'} and try "
+            "again: DB Toolkit goes on by itself"
+        )
+
+    @staticmethod
+    def wraps(error: OSError) -> bool:
+        return error.errno in FULL_ERRNOS or error.errno in READ_ONLY_ERRNOS
 
 
 def _as_is(document: Any) -> Document:
@@ -169,10 +195,15 @@ class Store:
 
         ``change`` runs in a worker thread under the store's lock: it edits the document in
         place and must not block on anything but the CPU. What it raises comes out of here,
-        with nothing written.
+        with nothing written; a full or read-only disk is ``StoreUnwritable``.
         """
         async with self._lock:
-            return await anyio.to_thread.run_sync(self.update_sync, change)
+            try:
+                return await anyio.to_thread.run_sync(self.update_sync, change)
+            except OSError as error:
+                if StoreUnwritable.wraps(error):
+                    raise StoreUnwritable(self.data_dir, error) from error
+                raise
 
     def update_sync(self, change: Callable[[Document], T]) -> T:
         ensure_private_dir(self.data_dir)

@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket
 
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile, ProfileNotFoundError
-from dbtkd.app.endpoints import Database, JSONResponse, api, route
+from dbtkd.app.endpoints import Database, JSONResponse, route
 from dbtkd.app.responses import describe
 from dbtkd.app.streams import Streams, decode_frame
 
@@ -233,7 +233,6 @@ class AnalyticsStream:
 
 
 def analytics_routes(database: Database, streams: Streams) -> list[BaseRoute]:
-    @api
     async def connection_stats(request: Request) -> Response:
         profile = await database.profiles.get(request.path_params["id"])
         return JSONResponse(await snapshot(database, profile))

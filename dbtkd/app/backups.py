@@ -40,7 +40,7 @@ from dbtkd.app.dumps import (
     dumper_for,
     hash_fd,
 )
-from dbtkd.app.endpoints import ApiError, JSONResponse, api, invalid, read_object, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object, route
 from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, JobFailed, Jobs, RunningJob, new_id, now_iso, public_view
 from dbtkd.app.responses import describe
@@ -307,7 +307,6 @@ class Backups:
             )
 
     def routes(self, streams: Streams) -> list[BaseRoute]:
-        @api
         async def list_backups(request: Request) -> Response:
             connection_id = request.query_params.get("connection_id")
             records = await self.jobs.records("backup")
@@ -318,7 +317,6 @@ class Backups:
             ]
             return JSONResponse({"success": True, "backups": backups})
 
-        @api
         async def create_backup(request: Request) -> Response:
             body = await read_object(request)
             unknown_fields(body, BACKUP_FIELDS)
@@ -337,18 +335,15 @@ class Backups:
             # The UI reads `backup`; dbtkd's clients read the record's own fields.
             return JSONResponse({**view, "success": True, "backup": view}, status_code=202)
 
-        @api
         async def get_backup(request: Request) -> Response:
             return JSONResponse(backup_view(await self._backup(request.path_params["id"])))
 
-        @api
         async def delete_backup(request: Request) -> Response:
             record = await self._backup(request.path_params["id"])
             await self.delete(record)
             publish(request.app, "backup_changed", id=record["id"], status="deleted")
             return JSONResponse({"success": True, "id": record["id"]})
 
-        @api
         async def restore_backup(request: Request) -> Response:
             body = await read_object(request)
             unknown_fields(body, RESTORE_FIELDS)
@@ -396,7 +391,6 @@ class Backups:
                 }
             )
 
-        @api
         async def download_backup(request: Request) -> Response:
             record = await self._backup(request.path_params["id"])
             self._completed(record, "download")
@@ -418,7 +412,6 @@ class Backups:
                 },
             )
 
-        @api
         async def verify_backup(request: Request) -> Response:
             record = await self._backup(request.path_params["id"])
             self._completed(record, "verify")

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 from dbtkd.app.db.engine import CONNECT_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile, ProfileNotFoundError, build_profile
 from dbtkd.app.db.sessions import engine_class
-from dbtkd.app.endpoints import ApiError, Database, JSONResponse, api, read_object, route
+from dbtkd.app.endpoints import ApiError, Database, JSONResponse, read_object, route
 from dbtkd.app.events import publish
 
 log = logging.getLogger("dbtkd.app.db")
@@ -39,11 +39,9 @@ def _outcome(success: bool, message: str, version: str | None, error: str | None
 def connection_routes(database: Database) -> list[BaseRoute]:
     profiles, sessions = database.profiles, database.sessions
 
-    @api
     async def list_connections(request: Request) -> Response:
         return JSONResponse([profile.public_view() for profile in await profiles.all()])
 
-    @api
     async def create_connection(request: Request) -> Response:
         profile = build_profile(await read_object(request))
         await profiles.save(profile)
@@ -51,12 +49,10 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         publish(request.app, "connection_created", id=profile.id)
         return JSONResponse(profile.public_view(), status_code=201)
 
-    @api
     async def get_connection(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         return JSONResponse(profile.public_view())
 
-    @api
     async def update_connection(request: Request) -> Response:
         # Merged over the saved profile inside the store's lock: an edit made meanwhile (in
         # another window) is kept, and a connection deleted meanwhile stays deleted (404).
@@ -66,7 +62,6 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         publish(request.app, "connection_updated", id=profile.id)
         return JSONResponse(profile.public_view())
 
-    @api
     async def delete_connection(request: Request) -> Response:
         profile_id = request.path_params["id"]
         await profiles.delete(profile_id)
@@ -76,7 +71,6 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         publish(request.app, "connection_deleted", id=profile_id)
         return JSONResponse({"success": True, "id": profile_id})
 
-    @api
     async def test_connection(request: Request) -> Response:
         body = await read_object(request)
         existing = None
@@ -89,7 +83,6 @@ def connection_routes(database: Database) -> list[BaseRoute]:
         profile = build_profile(body, existing)
         return await _try_connection(profile)
 
-    @api
     async def connect(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         try:
@@ -99,7 +92,6 @@ def connection_routes(database: Database) -> list[BaseRoute]:
             raise ApiError(400, "connect_failed", error.message) from None
         return _outcome(True, "connected", version, None)
 
-    @api
     async def disconnect(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         was_open = await sessions.disconnect(profile.id)

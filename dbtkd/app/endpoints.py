@@ -5,12 +5,12 @@ id, a limit out of range, a body that is not a JSON object) are HTTP errors in t
 error shape, ``{"error": code, "detail": sentence}``: 404, 422, 400. The database's refusals (bad
 SQL, wrong password, a server that went away, a timeout) are not HTTP errors at all: the route
 answers 200 with ``success: false`` and the database's message, so the UI shows it where the
-result would have been. ``api`` maps the first kind; each route handles the second.
+result would have been. ``dbtkd.app.routes.EXCEPTION_HANDLERS`` maps the first kind (the
+app's one error mapping); each route handles the second.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,11 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dbtkd.app.db.history import QueryHistory
-from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError, ProfileStore
+from dbtkd.app.db.profiles import ProfileStore
 from dbtkd.app.db.sessions import Sessions
 from dbtkd.app.jsontext import lone_surrogate_path
-from dbtkd.app.responses import ErrorResponse, describe
-from dbtkd.app.store import StoreTooNewError, StoreUnwritable
+from dbtkd.app.responses import describe
 
 log = logging.getLogger("dbtkd.app.db")
 
@@ -69,32 +68,6 @@ class ApiError(Exception):
 
 def invalid(detail: str) -> ApiError:
     return ApiError(422, "invalid_params", detail)
-
-
-def api(handler: Endpoint) -> Endpoint:
-    """Turn the client-fault exceptions of the database layer into JSON error responses."""
-
-    @functools.wraps(handler)
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as error:
-            return ErrorResponse(error.status, error.error, error.detail)
-        except ProfileNotFoundError as error:
-            return ErrorResponse(
-                404,
-                "not_found",
-                f"expected the id of a saved connection (GET /api/v1/connections lists them); "
-                f"got {describe(str(error.args[0]))}",
-            )
-        except InvalidProfileError as error:
-            return ErrorResponse(422, "invalid_params", str(error))
-        except StoreTooNewError as error:
-            return ErrorResponse(409, "store_too_new", str(error))
-        except StoreUnwritable as error:
-            return ErrorResponse(error.status, error.code, str(error))
-
-    return endpoint
 
 
 def _refuse_constant(name: str) -> Any:

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from dbtkd.app.backups import Backups, ProfileLookup
 from dbtkd.app.children import sweep_secret_files
 from dbtkd.app.db.profiles import Profile, ProfileStore
-from dbtkd.app.endpoints import ApiError, JSONResponse, api, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, route
 from dbtkd.app.jobs import UNFINISHED, Jobs, public_view
 from dbtkd.app.migrator import Migrator
 from dbtkd.app.responses import describe
@@ -62,7 +62,6 @@ def _profile_lookup(app: Starlette, data_dir: str) -> ProfileLookup:
 
 
 def job_routes(jobs: Jobs) -> list[BaseRoute]:
-    @api
     async def list_jobs(request: Request) -> Response:
         kind = request.query_params.get("kind")
         if kind is not None and kind not in KINDS:
@@ -83,11 +82,9 @@ def job_routes(jobs: Jobs) -> list[BaseRoute]:
             )
         return record
 
-    @api
     async def get_job(request: Request) -> Response:
         return JSONResponse(public_view(await _job(request.path_params["id"])))
 
-    @api
     async def cancel_job(request: Request) -> Response:
         record = await _job(request.path_params["id"])
         if record.get("status") not in UNFINISHED:

@@ -25,7 +25,6 @@ from dbtkd.app.db.history import DEFAULT_LIST_LIMIT, MAX_ENTRIES_PER_CONNECTION
 from dbtkd.app.endpoints import (
     Database,
     JSONResponse,
-    api,
     integer,
     invalid,
     number,
@@ -95,7 +94,6 @@ def history_view(entry: dict[str, Any]) -> dict[str, Any]:
 def query_routes(database: Database) -> list[BaseRoute]:
     profiles, sessions, history = database.profiles, database.sessions, database.history
 
-    @api
     async def run_query(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         query, params, limit, offset, timeout = _parse(await read_object(request))
@@ -128,14 +126,12 @@ def query_routes(database: Database) -> list[BaseRoute]:
             log.warning("could not save the query history: %s", failure)
         return JSONResponse(document)
 
-    @api
     async def list_history(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         limit = query_integer(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_ENTRIES_PER_CONNECTION)
         entries = [history_view(entry) for entry in await history.list(profile.id, limit)]
         return JSONResponse({"success": True, "history": entries, "count": len(entries)})
 
-    @api
     async def clear_history(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         cleared = await history.clear(profile.id)

@@ -23,8 +23,11 @@ from starlette.types import ExceptionHandler
 from starlette.websockets import WebSocket
 
 from dbtkd.app.config import AppConfig
+from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError
+from dbtkd.app.endpoints import ApiError
 from dbtkd.app.logtail import follow_log, parse_backlog
 from dbtkd.app.responses import ErrorResponse, describe
+from dbtkd.app.store import StoreTooNewError, StoreUnwritable
 from dbtkd.app.streams import Streams
 
 # Every stream the app serves, listed in status even with no client (more join in later
@@ -156,9 +159,45 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
-# Exception (and 500) goes to Starlette's ServerErrorMiddleware, which re-raises after
-# answering, so Hypercorn still logs the traceback.
+async def api_error(request: Request, exc: Exception) -> Response:
+    """A client mistake a route raised (``ApiError``): its status, code and sentence."""
+    assert isinstance(exc, ApiError)
+    return ErrorResponse(exc.status, exc.error, exc.detail)
+
+
+async def unknown_connection(request: Request, exc: Exception) -> Response:
+    return ErrorResponse(
+        404,
+        "not_found",
+        "expected the id of a saved connection (GET /api/v1/connections lists them); "
+        f"got {describe(str(exc.args[0]) if exc.args else '')}",
+    )
+
+
+async def invalid_profile(request: Request, exc: Exception) -> Response:
+    return ErrorResponse(422, "invalid_params", str(exc))
+
+
+async def store_too_new(request: Request, exc: Exception) -> Response:
+    return ErrorResponse(409, "store_too_new", str(exc))
+
+
+async def store_unwritable(request: Request, exc: Exception) -> Response:
+    """A full (507) or read-only (503) data dir: nothing was saved; reads go on."""
+    assert isinstance(exc, StoreUnwritable)
+    return ErrorResponse(exc.status, exc.code, str(exc))
+
+
+# The app's one error mapping: every error class a route may raise, to its HTTP answer in the
+# app's shape {"error": code, "detail": sentence}. Starlette picks the nearest class in the
+# exception's MRO. Exception (and 500) goes to Starlette's ServerErrorMiddleware, which
+# re-raises after answering, so Hypercorn still logs the traceback.
 EXCEPTION_HANDLERS: Mapping[Any, ExceptionHandler] = {
+    ApiError: api_error,
+    ProfileNotFoundError: unknown_connection,
+    InvalidProfileError: invalid_profile,
+    StoreTooNewError: store_too_new,
+    StoreUnwritable: store_unwritable,
     HTTPException: http_error,
     Exception: internal_error,
 }

@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute
 
 from dbtkd.app.backups import Backups, ProfileLookup, label_or_error, parse_plan, unknown_fields
 from dbtkd.app.db.profiles import ProfileNotFoundError
-from dbtkd.app.endpoints import ApiError, JSONResponse, api, invalid, read_object, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object, route
 from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, new_id, now_iso, public_view
 from dbtkd.app.recordstore import Record, Records, RecordStore
@@ -372,7 +372,6 @@ class Schedules:
         return _found((await self.store.read()).get(schedule_id), schedule_id)
 
     def routes(self) -> list[BaseRoute]:
-        @api
         async def list_schedules(request: Request) -> Response:
             records = sorted(
                 (await self.store.read()).values(), key=lambda r: str(r.get("created_at"))
@@ -380,7 +379,6 @@ class Schedules:
             # The UI reads {success, schedules} (UI-CONTRACT §10.1).
             return JSONResponse({"success": True, "schedules": [schedule_view(r) for r in records]})
 
-        @api
         async def create_schedule(request: Request) -> Response:
             record = build_schedule(await read_object(request), None)
             await self.profile_of(record["connection_id"])  # 404 for an unknown connection
@@ -389,11 +387,9 @@ class Schedules:
             publish(request.app, "schedule_changed", id=record["id"], deleted=False)
             return JSONResponse({**schedule_view(record), "success": True}, status_code=201)
 
-        @api
         async def get_schedule(request: Request) -> Response:
             return JSONResponse(schedule_view(await self._get(request.path_params["id"])))
 
-        @api
         async def update_schedule(request: Request) -> Response:
             schedule_id = request.path_params["id"]
             body = await read_object(request)
@@ -414,7 +410,6 @@ class Schedules:
             publish(request.app, "schedule_changed", id=schedule_id, deleted=False)
             return JSONResponse({**schedule_view(record), "success": True})
 
-        @api
         async def delete_schedule(request: Request) -> Response:
             schedule_id = request.path_params["id"]
             await self.store.update(
@@ -424,7 +419,6 @@ class Schedules:
             publish(request.app, "schedule_changed", id=schedule_id, deleted=True)
             return JSONResponse({"success": True, "id": schedule_id})
 
-        @api
         async def run_schedule(request: Request) -> Response:
             schedule = await self._get(request.path_params["id"])
             await self.profile_of(schedule["connection_id"])

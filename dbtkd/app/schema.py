@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
-from dbtkd.app.endpoints import ApiError, Database, JSONResponse, api, route
+from dbtkd.app.endpoints import ApiError, Database, JSONResponse, route
 from dbtkd.app.events import publish
 from dbtkd.app.responses import describe
 
@@ -83,7 +83,6 @@ def _quote(db_type: str, name: str) -> str:
 def schema_routes(database: Database) -> list[BaseRoute]:
     profiles, sessions = database.profiles, database.sessions
 
-    @api
     async def tree(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         document = {"success": True, "connection_id": profile.id, "db_type": profile.db_type}
@@ -94,7 +93,6 @@ def schema_routes(database: Database) -> list[BaseRoute]:
             raise _unavailable(error) from None
         return JSONResponse({**document, "schemas": keyed_tree(schemas), "error": None})
 
-    @api
     async def table(request: Request) -> Response:
         profile = await profiles.get(request.path_params["id"])
         schema_name = request.path_params["schema"]
@@ -145,7 +143,6 @@ def schema_routes(database: Database) -> list[BaseRoute]:
             }
         )
 
-    @api
     async def refresh(request: Request) -> Response:
         # Nothing is cached here (every tree is read from the database), so there is nothing
         # to drop; the other windows are told, so they drop theirs too (/ws/events).

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from dbtkd.app.endpoints import ApiError, JSONResponse, api, invalid, read_object, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object, route
 from dbtkd.app.events import publish
 from dbtkd.app.store import Document, Store
 
@@ -128,11 +128,9 @@ class UiSettings:
 def settings_routes(data_dir: str) -> list[BaseRoute]:
     settings = UiSettings(data_dir)
 
-    @api
     async def get_settings(request: Request) -> Response:
         return JSONResponse(await settings.get())
 
-    @api
     async def put_settings(request: Request) -> Response:
         changes = changes_of(await read_object(request))
         values = await settings.change(changes)
@@ -140,7 +138,6 @@ def settings_routes(data_dir: str) -> list[BaseRoute]:
             publish(request.app, "settings_changed")
         return JSONResponse(values)
 
-    @api
     async def reset_settings(request: Request) -> Response:
         values = await settings.reset()
         publish(request.app, "settings_changed")

@@ -20,11 +20,16 @@ from tests.app.jobs.support import connect_stream, gone
 from tests.support import wait_until
 
 
-def read_raw(socket: object, pattern: str, timeout: float = 10) -> re.Match[bytes]:
+def read_raw(socket: object, pattern: str, timeout: float = 20) -> re.Match[bytes]:
     """Binary frames until their bytes match ``pattern``; a text frame fails the test."""
     seen = b""
     while True:
-        frame = socket.recv(timeout=timeout)  # type: ignore[attr-defined]
+        try:
+            frame = socket.recv(timeout=timeout)  # type: ignore[attr-defined]
+        except TimeoutError:
+            raise AssertionError(
+                f"no {pattern!r} in {timeout} s; the terminal showed {seen!r}"
+            ) from None
         assert isinstance(frame, bytes), f"expected raw PTY bytes, got a text frame {frame!r:.80}"
         seen += frame
         found = re.search(pattern.encode(), seen)
@@ -54,6 +59,7 @@ def test_the_uis_terminal_types_resizes_and_reads_raw_bytes(api: Api) -> None:
         socket.send("stty size; echo $TERM $COLORTERM\r")
         read_raw(socket, r"1 1000")
         read_raw(socket, r"xterm-256color truecolor")
+        socket.send("RESIZE:24:80")  # a one-row terminal makes the line editor repaint oddly
         socket.send(b"echo bytes-$((2+3))\r")  # binary frames are keystrokes too
         read_raw(socket, r"bytes-5")
         socket.send("echo pid=$$\r")

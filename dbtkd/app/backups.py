@@ -79,11 +79,18 @@ def backup_view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The job statuses the UI's backup cards know (UI-CONTRACT §9.7: in_progress, completed,
+# failed); dbtkd's ``pending`` stays in the ``backup`` object beside them.
+UI_STATUS = {"pending": "in_progress"}
+
+
 def backup_update(view: dict[str, Any]) -> dict[str, Any]:
     """A ``/ws/backups`` frame for one backup (its ``backup_view``): the UI's top-level
     ``backup_id``, ``status``, ``data.progress`` (0-100), ``connection_name`` and, on failure,
     ``error`` (UI-CONTRACT §9.7, D10), with dbtkd's whole ``backup`` beside them."""
     failed = view.get("status") == "failed"
+    # The UI knows three statuses (§9.7); a queued backup is shown as running, not unknown.
+    status = UI_STATUS.get(str(view.get("status")), view.get("status"))
     data: dict[str, Any] = {
         "progress": view.get("progress"),
         "connection_name": view.get("connection_name"),
@@ -92,7 +99,7 @@ def backup_update(view: dict[str, Any]) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "backup_update",
         "backup_id": view["id"],
-        "status": view.get("status"),
+        "status": status,
         "connection_name": view.get("connection_name"),
         "data": data,
         "backup": view,

@@ -10,7 +10,9 @@ and sends its close frame itself; ``close_all`` only asks and waits.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
@@ -56,31 +58,28 @@ def decode_frame(text: str | bytes) -> object:
     """A client's JSON frame. ``ValueError`` if it is not JSON (the stream may answer that);
     ``CloseStream(1007)`` if it is nested deeper than ``MAX_JSON_DEPTH``, which would otherwise
     end in a ``RecursionError`` and a traceback: such a client is not one of ours."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text if isinstance(text, str) else text.decode("utf-8", "replace"):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                raise CloseStream(
-                    INVALID_PAYLOAD, f"expected JSON nested at most {MAX_JSON_DEPTH} deep"
-                )
-        elif char in "]}":
-            depth -= 1
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise CloseStream(INVALID_PAYLOAD, "expected JSON nested less deep") from None
+        value = json.loads(text)
+    except RecursionError:  # the C decoder gives up cleanly far past any depth of ours
+        raise CloseStream(INVALID_PAYLOAD, _TOO_DEEP) from None
+    if _depth(text if isinstance(text, str) else text.decode("utf-8", "replace")) > MAX_JSON_DEPTH:
+        raise CloseStream(INVALID_PAYLOAD, _TOO_DEEP)
+    return value
+
+
+_TOO_DEEP = f"expected JSON nested at most {MAX_JSON_DEPTH} deep"
+# Run on JSON that parsed, so every string is well formed and the pattern matches each one
+# in a single pass (on malformed input an unclosed string could make it rescan).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _depth(text: str) -> int:
+    """How deep the containers of a valid JSON text nest, at C speed: strings (which may hold
+    brackets) and everything else but brackets are cut out, then the running sum's peak."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
 class _OpenStream:

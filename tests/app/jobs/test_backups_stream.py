@@ -51,7 +51,9 @@ def test_a_second_window_sees_the_progress_of_a_backup_started_elsewhere(
     # The UI's fields at the top level of each frame (UI-CONTRACT §9.7, D10).
     frames = [e for e in events if e["type"] == "backup_update"]
     assert all(f["backup_id"] == f["backup"]["id"] for f in frames)
-    assert [f["status"] for f in frames if f["backup_id"] == started["id"]] == statuses
+    # dbtkd's "pending" is the UI's "in_progress" at the top level; the rest match.
+    ui_statuses = ["in_progress" if s == "pending" else s for s in statuses]
+    assert [f["status"] for f in frames if f["backup_id"] == started["id"]] == ui_statuses
     assert all(0 <= f["data"]["progress"] <= 100 for f in frames)
     assert frames[-1]["data"]["progress"] == 100
     assert frames[-1]["connection_name"] == frames[-1]["data"]["connection_name"] == "test"

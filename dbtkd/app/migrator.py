@@ -109,6 +109,19 @@ def same_connection(profile: Profile, url: str) -> bool:
     )
 
 
+def run_record(profile: Profile, argv: list[str], cwd: str) -> dict[str, Any]:
+    """The job record of a command run (either protocol)."""
+    return {
+        "id": new_id(),
+        "kind": "migration",
+        "name": " ".join(argv)[:200],
+        "argv": argv,
+        "cwd": cwd,
+        "connection_id": profile.id,
+        "exit_code": None,
+    }
+
+
 def is_absolute_dir(path: object) -> TypeGuard[str]:
     return isinstance(path, str) and os.path.isabs(path) and os.path.isdir(path)
 
@@ -211,15 +224,7 @@ class Migrator(DuplexStream):
             return
         profile, argv, cwd = prepared
         out_send, out_receive = anyio.create_memory_object_stream[dict[str, Any]](OUTPUT_BUFFER)
-        record = {
-            "id": new_id(),
-            "kind": "migration",
-            "name": " ".join(argv)[:200],
-            "argv": argv,
-            "cwd": cwd,
-            "connection_id": profile.id,
-            "exit_code": None,
-        }
+        record = run_record(profile, argv, cwd)
         job_id: str | None = None
         try:
             async with out_send, out_receive, anyio.create_task_group() as group:
@@ -326,15 +331,7 @@ class Migrator(DuplexStream):
             if isinstance(parsed, dict):
                 return parsed
             argv, cwd = parsed
-            record = {
-                "id": new_id(),
-                "kind": "migration",
-                "name": " ".join(argv)[:200],
-                "argv": argv,
-                "cwd": cwd,
-                "connection_id": profile.id,
-                "exit_code": None,
-            }
+            record = run_record(profile, argv, cwd)
             body = self._command(profile, argv, cwd, out)
         else:
             action, directory = message.get("action"), message.get("directory")

@@ -30,13 +30,12 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile, ProfileNotFoundError
-from dbtkd.app.endpoints import Database, JSONResponse, route
+from dbtkd.app.endpoints import Database, JSONResponse, database_of
 from dbtkd.app.responses import describe
 from dbtkd.app.streams import Streams, decode_frame
 
@@ -201,11 +200,10 @@ class AnalyticsStream:
     inbox the stream reads, so both see every message without racing for them.
     """
 
-    def __init__(self, database: Database, streams: Streams) -> None:
-        self.database = database
-        self.streams = streams
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        database: Database = state.database
+        streams: Streams = state.streams
         inbox_in, inbox_out = anyio.create_memory_object_stream[str](INBOX_MESSAGES)
 
         async def copying_receive() -> Message:
@@ -225,19 +223,12 @@ class AnalyticsStream:
 
         websocket = WebSocket(scope, copying_receive, send)
         with inbox_in, inbox_out:
-            await self.streams.serve(
-                "analytics",
-                websocket,
-                lambda socket: _stream(socket, self.database, inbox_out),
+            await streams.serve(
+                "analytics", websocket, lambda socket: _stream(socket, database, inbox_out)
             )
 
 
-def analytics_routes(database: Database, streams: Streams) -> list[BaseRoute]:
-    async def connection_stats(request: Request) -> Response:
-        profile = await database.profiles.get(request.path_params["id"])
-        return JSONResponse(await snapshot(database, profile))
-
-    return [
-        route("/api/v1/analytics/connections/{id}", {"GET": connection_stats}),
-        WebSocketRoute("/ws/analytics", AnalyticsStream(database, streams)),
-    ]
+async def connection_stats(request: Request) -> Response:
+    database = database_of(request)
+    profile = await database.profiles.get(request.path_params["id"])
+    return JSONResponse(await snapshot(database, profile))

@@ -43,29 +43,34 @@ class GuardedStarlette(Starlette):
 
 
 def create_app(config: AppConfig) -> Starlette:
-    """The app for one worker. ``app.state.streams`` is its ``Streams`` registry: the worker
-    calls ``await app.state.streams.close_all(code)`` on a stop order. ``app.state.events``
-    is its change feed: routes publish each change a client made there."""
+    """The app for one worker: the route table of ``dbtkd.app.routes`` over this state:
+
+    - ``app.state.streams``: the ``Streams`` registry; the worker calls ``await
+      app.state.streams.close_all(code)`` on a stop order;
+    - ``app.state.events``: the change feed routes publish each change to (``/ws/events``);
+    - ``app.state.database``: saved connections, sessions and history;
+    - ``app.state.ui_settings``: the UI's settings;
+    - ``app.state.jobs``, ``backups``, ``schedules``, ``migrator``, ``terminal``
+      (``dbtkd.app.jobapi.setup_jobs``, which also wraps the lifespan).
+
+    Building it reads no file and imports no driver.
+    """
+    from dbtkd.app.endpoints import Database
     from dbtkd.app.events import STREAM_NAME as EVENTS_STREAM
-    from dbtkd.app.events import ChangeFeed, event_routes
+    from dbtkd.app.events import ChangeFeed
     from dbtkd.app.jobapi import STREAM_NAMES as JOB_STREAM_NAMES
-    from dbtkd.app.jobapi import mount_jobs  # backups, schedules, jobs, migrator, terminal
+    from dbtkd.app.jobapi import setup_jobs
+    from dbtkd.app.uisettings import UiSettings
 
     streams = Streams((*STREAM_NAMES, *JOB_STREAM_NAMES, EVENTS_STREAM))
-    from dbtkd.app.database import database_routes  # the DB API: connections, queries, ...
-
-    events = ChangeFeed()
-    routes = [
-        *build_routes(config, streams),
-        *database_routes(config, streams),
-        *event_routes(events, streams),
-    ]
-    app = GuardedStarlette(config, routes, EXCEPTION_HANDLERS)
+    app = GuardedStarlette(config, build_routes(config), EXCEPTION_HANDLERS)
     # A JSON API has no use for redirecting "/x/" to "/x": that would answer 307 where a
     # client made a mistake worth a 404.
     app.router.redirect_slashes = False
     app.state.config = config
     app.state.streams = streams
-    app.state.events = events  # the change feed of /ws/events (dbtkd.app.events)
-    mount_jobs(app, config, streams)  # app.state.jobs: the worker's stop cancels its jobs
+    app.state.events = ChangeFeed()
+    app.state.database = Database(config.data_dir)
+    app.state.ui_settings = UiSettings(config.data_dir)
+    setup_jobs(app, config, streams)  # app.state.jobs: the worker's stop cancels its jobs
     return app

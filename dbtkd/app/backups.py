@@ -24,9 +24,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from dbtkd.app.backupfiles import BackupDir, BackupFileError, LabelError, check_label, download_name
@@ -40,7 +39,7 @@ from dbtkd.app.dumps import (
     dumper_for,
     hash_fd,
 )
-from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object
 from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, JobFailed, Jobs, RunningJob, new_id, now_iso, public_view
 from dbtkd.app.responses import describe
@@ -313,153 +312,158 @@ class Backups:
                 + (f" ({record['error']})" if record.get("error") else ""),
             )
 
-    def routes(self, streams: Streams) -> list[BaseRoute]:
-        async def list_backups(request: Request) -> Response:
-            connection_id = request.query_params.get("connection_id")
-            records = await self.jobs.records("backup")
-            backups = [
-                backup_view(r)
-                for r in records
-                if connection_id is None or r.get("connection_id") == connection_id
-            ]
-            return JSONResponse({"success": True, "backups": backups})
 
-        async def create_backup(request: Request) -> Response:
-            body = await read_object(request)
-            unknown_fields(body, BACKUP_FIELDS)
-            connection_id = body.get("connection_id")
-            if not isinstance(connection_id, str):
-                raise invalid(
-                    "expected connection_id to be the id of a saved connection; got "
-                    f"{connection_id!r:.60}"
-                )
-            name = body.get("name")
-            label = label_or_error(name) if name is not None else None
-            plan = parse_plan(body)
-            profile = await self.profile_of(connection_id)
-            label = label or f"{profile.name} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}"
-            view = backup_view(await self.start_backup(profile, plan, label))
-            # The UI reads `backup`; dbtkd's clients read the record's own fields.
-            return JSONResponse({**view, "success": True, "backup": view}, status_code=202)
+def backups_of(connection: HTTPConnection) -> Backups:
+    """The app's ``Backups`` (``app.state.backups``)."""
+    backups: Backups = connection.app.state.backups
+    return backups
 
-        async def get_backup(request: Request) -> Response:
-            return JSONResponse(backup_view(await self._backup(request.path_params["id"])))
 
-        async def delete_backup(request: Request) -> Response:
-            record = await self._backup(request.path_params["id"])
-            await self.delete(record)
-            publish(request.app, "backup_changed", id=record["id"], status="deleted")
-            return JSONResponse({"success": True, "id": record["id"]})
+async def list_backups(request: Request) -> Response:
+    backups = backups_of(request)
+    connection_id = request.query_params.get("connection_id")
+    records = await backups.jobs.records("backup")
+    views = [
+        backup_view(r)
+        for r in records
+        if connection_id is None or r.get("connection_id") == connection_id
+    ]
+    return JSONResponse({"success": True, "backups": views})
 
-        async def restore_backup(request: Request) -> Response:
-            body = await read_object(request)
-            unknown_fields(body, RESTORE_FIELDS)
-            record = await self._backup(request.path_params["id"])
-            if body.get("backup_id") not in (None, record["id"]):
-                raise invalid(
-                    f"expected backup_id to be this backup's id ({record['id']}) or absent; got "
-                    f"{body['backup_id']!r:.60}"
-                )
-            if body.get("tables"):
-                raise invalid(
-                    "expected no tables: a restore takes the whole backup (make a backup of "
-                    "the tables you want instead)"
-                )
-            self._completed(record, "restore")
-            target_id = body.get("target_connection_id") or record["connection_id"]
-            if not isinstance(target_id, str):
-                raise invalid(
-                    f"expected target_connection_id to be a connection id; got {target_id!r:.60}"
-                )
-            target = await self.profile_of(target_id)
-            if target.db_type != record["db_type"]:
-                raise invalid(
-                    f"expected a {record['db_type']} connection to restore this backup into; "
-                    f"got a {target.db_type} one"
-                )
-            job = await self.start_restore(record, target)
-            if request.query_params.get("wait") == "false":
-                # dbtkd's clients: the job at once; progress on /ws/backups (restore_update).
-                return JSONResponse(public_view(job), status_code=202)
-            # The UI (D9): answer when the restore has finished, as the old backend did.
-            finished = await self.jobs.wait(job["id"]) or job
-            if finished.get("status") != "completed":
-                raise ApiError(
-                    400,
-                    "restore_failed",
-                    f"expected the restore into {target.name!r} to succeed; it "
-                    f"{finished.get('status')}: {finished.get('error') or 'no reason given'}",
-                )
-            return JSONResponse(
+
+async def create_backup(request: Request) -> Response:
+    backups = backups_of(request)
+    body = await read_object(request)
+    unknown_fields(body, BACKUP_FIELDS)
+    connection_id = body.get("connection_id")
+    if not isinstance(connection_id, str):
+        raise invalid(
+            f"expected connection_id to be the id of a saved connection; got {connection_id!r:.60}"
+        )
+    name = body.get("name")
+    label = label_or_error(name) if name is not None else None
+    plan = parse_plan(body)
+    profile = await backups.profile_of(connection_id)
+    label = label or f"{profile.name} {datetime.datetime.now():%Y-%m-%d %H:%M:%S}"
+    view = backup_view(await backups.start_backup(profile, plan, label))
+    # The UI reads `backup`; dbtkd's clients read the record's own fields.
+    return JSONResponse({**view, "success": True, "backup": view}, status_code=202)
+
+
+async def get_backup(request: Request) -> Response:
+    backups = backups_of(request)
+    return JSONResponse(backup_view(await backups._backup(request.path_params["id"])))
+
+
+async def delete_backup(request: Request) -> Response:
+    backups = backups_of(request)
+    record = await backups._backup(request.path_params["id"])
+    await backups.delete(record)
+    publish(request.app, "backup_changed", id=record["id"], status="deleted")
+    return JSONResponse({"success": True, "id": record["id"]})
+
+
+async def restore_backup(request: Request) -> Response:
+    backups = backups_of(request)
+    body = await read_object(request)
+    unknown_fields(body, RESTORE_FIELDS)
+    record = await backups._backup(request.path_params["id"])
+    if body.get("backup_id") not in (None, record["id"]):
+        raise invalid(
+            f"expected backup_id to be this backup's id ({record['id']}) or absent; got "
+            f"{body['backup_id']!r:.60}"
+        )
+    if body.get("tables"):
+        raise invalid(
+            "expected no tables: a restore takes the whole backup (make a backup of "
+            "the tables you want instead)"
+        )
+    backups._completed(record, "restore")
+    target_id = body.get("target_connection_id") or record["connection_id"]
+    if not isinstance(target_id, str):
+        raise invalid(f"expected target_connection_id to be a connection id; got {target_id!r:.60}")
+    target = await backups.profile_of(target_id)
+    if target.db_type != record["db_type"]:
+        raise invalid(
+            f"expected a {record['db_type']} connection to restore this backup into; "
+            f"got a {target.db_type} one"
+        )
+    job = await backups.start_restore(record, target)
+    if request.query_params.get("wait") == "false":
+        # dbtkd's clients: the job at once; progress on /ws/backups (restore_update).
+        return JSONResponse(public_view(job), status_code=202)
+    # The UI (D9): answer when the restore has finished, as the old backend did.
+    finished = await backups.jobs.wait(job["id"]) or job
+    if finished.get("status") != "completed":
+        raise ApiError(
+            400,
+            "restore_failed",
+            f"expected the restore into {target.name!r} to succeed; it "
+            f"{finished.get('status')}: {finished.get('error') or 'no reason given'}",
+        )
+    return JSONResponse(
+        {
+            "success": True,
+            "message": f"backup {record.get('name')!r} restored into {target.name!r}",
+            "restore": public_view(finished),
+        }
+    )
+
+
+async def download_backup(request: Request) -> Response:
+    backups = backups_of(request)
+    record = await backups._backup(request.path_params["id"])
+    backups._completed(record, "download")
+    try:
+        fd = backups.files.open_read(str(record["file"]))
+    except BackupFileError as error:
+        raise ApiError(409, "backup_file_unusable", str(error)) from None
+    size = os.fstat(fd).st_size
+    filename = download_name(str(record.get("name") or "backup"), _extension(str(record["file"])))
+    return StreamingResponse(
+        _read_chunks(fd),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Backup-Sha256": str(record.get("sha256") or ""),
+        },
+    )
+
+
+async def verify_backup(request: Request) -> Response:
+    backups = backups_of(request)
+    record = await backups._backup(request.path_params["id"])
+    backups._completed(record, "verify")
+    return JSONResponse(await backups.verify(record))
+
+
+async def _stream(websocket: WebSocket) -> None:
+    backups = backups_of(websocket)
+    kinds = ("backup", "restore")
+    # Subscribed before the snapshot is read: an event in between is sent after it.
+    with backups.jobs.subscribe() as events:
+        unfinished = [r for r in await backups.jobs.records() if r.get("status") in UNFINISHED]
+        await websocket.send_text(
+            json.dumps(
                 {
-                    "success": True,
-                    "message": f"backup {record.get('name')!r} restored into {target.name!r}",
-                    "restore": public_view(finished),
+                    "type": "snapshot",
+                    "backups": [backup_view(r) for r in unfinished if r["kind"] == "backup"],
+                    "restores": [public_view(r) for r in unfinished if r["kind"] == "restore"],
                 }
             )
+        )
+        async for event in events:
+            if "backup" in event:
+                await websocket.send_text(json.dumps(backup_update(event["backup"])))
+            elif any(kind in event for kind in kinds):
+                await websocket.send_text(json.dumps(event))
 
-        async def download_backup(request: Request) -> Response:
-            record = await self._backup(request.path_params["id"])
-            self._completed(record, "download")
-            try:
-                fd = self.files.open_read(str(record["file"]))
-            except BackupFileError as error:
-                raise ApiError(409, "backup_file_unusable", str(error)) from None
-            size = os.fstat(fd).st_size
-            filename = download_name(
-                str(record.get("name") or "backup"), _extension(str(record["file"]))
-            )
-            return StreamingResponse(
-                _read_chunks(fd),
-                media_type="application/octet-stream",
-                headers={
-                    "Content-Length": str(size),
-                    "Content-Disposition": f'attachment; filename="{filename}"',
-                    "X-Backup-Sha256": str(record.get("sha256") or ""),
-                },
-            )
 
-        async def verify_backup(request: Request) -> Response:
-            record = await self._backup(request.path_params["id"])
-            self._completed(record, "verify")
-            return JSONResponse(await self.verify(record))
-
-        async def stream(websocket: WebSocket) -> None:
-            kinds = ("backup", "restore")
-            # Subscribed before the snapshot is read: an event in between is sent after it.
-            with self.jobs.subscribe() as events:
-                unfinished = [r for r in await self.jobs.records() if r.get("status") in UNFINISHED]
-                await websocket.send_text(
-                    json.dumps(
-                        {
-                            "type": "snapshot",
-                            "backups": [
-                                backup_view(r) for r in unfinished if r["kind"] == "backup"
-                            ],
-                            "restores": [
-                                public_view(r) for r in unfinished if r["kind"] == "restore"
-                            ],
-                        }
-                    )
-                )
-                async for event in events:
-                    if "backup" in event:
-                        await websocket.send_text(json.dumps(backup_update(event["backup"])))
-                    elif any(kind in event for kind in kinds):
-                        await websocket.send_text(json.dumps(event))
-
-        async def backups_stream(websocket: WebSocket) -> None:
-            await streams.serve("backups", websocket, stream)
-
-        prefix = "/api/v1/backups"
-        return [
-            route(prefix, {"GET": list_backups, "POST": create_backup}),
-            route(f"{prefix}/{{id}}", {"GET": get_backup, "DELETE": delete_backup}),
-            route(f"{prefix}/{{id}}/restore", {"POST": restore_backup}),
-            route(f"{prefix}/{{id}}/download", {"GET": download_backup}),
-            route(f"{prefix}/{{id}}/verify", {"POST": verify_backup}),
-            WebSocketRoute("/ws/backups", backups_stream),
-        ]
+async def backups_stream(websocket: WebSocket) -> None:
+    """``/ws/backups``: a snapshot of unfinished jobs, then every backup and restore event."""
+    streams: Streams = websocket.app.state.streams
+    await streams.serve("backups", websocket, _stream)
 
 
 async def _explained(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:

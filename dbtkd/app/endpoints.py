@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -72,6 +72,12 @@ def invalid(detail: str) -> ApiError:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def database_of(connection: HTTPConnection) -> Database:
+    """The app's ``Database`` (``app.state.database``), for a request or a WebSocket."""
+    database: Database = connection.app.state.database
+    return database
 
 
 async def read_object(request: Request) -> dict[str, Any]:

@@ -29,7 +29,6 @@ import secrets
 from typing import Any
 
 import anyio
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from dbtkd.app.streams import Streams
@@ -165,23 +164,23 @@ def publish(app: Any, kind: str, **fields: Any) -> None:
         feed.publish(kind, **fields)
 
 
-def event_routes(feed: ChangeFeed, streams: Streams) -> list[WebSocketRoute]:
-    async def events_stream(websocket: WebSocket) -> None:
-        since = websocket.query_params.get("since")
+async def events_stream(websocket: WebSocket) -> None:
+    """``/ws/events``: hello, what the client missed (or resync), then each change."""
+    feed: ChangeFeed = websocket.app.state.events
+    streams: Streams = websocket.app.state.streams
+    since = websocket.query_params.get("since")
 
-        async def body(socket: WebSocket) -> None:
-            # Taken together, before any await: a change published while hello is being sent
-            # is then sent live, not skipped.
-            hello, missed = feed.hello(), feed.replay(since)
-            seq = hello["seq"]
-            await socket.send_json(hello)
-            for event in missed:
+    async def body(socket: WebSocket) -> None:
+        # Taken together, before any await: a change published while hello is being sent
+        # is then sent live, not skipped.
+        hello, missed = feed.hello(), feed.replay(since)
+        seq = hello["seq"]
+        await socket.send_json(hello)
+        for event in missed:
+            await socket.send_json(event)
+        while True:
+            for event in await feed.wait_after(seq):
                 await socket.send_json(event)
-            while True:
-                for event in await feed.wait_after(seq):
-                    await socket.send_json(event)
-                    seq = event["seq"]
+                seq = event["seq"]
 
-        await streams.serve(STREAM_NAME, websocket, body)
-
-    return [WebSocketRoute("/ws/events", events_stream)]
+    await streams.serve(STREAM_NAME, websocket, body)

@@ -1,12 +1,13 @@
-"""The process side of the API, mounted on the app: backups, schedules, jobs and two streams.
+"""The process side of the API: backups, schedules, jobs, the migrator and the terminal.
 
-``mount_jobs(app, config, streams)`` adds the routes of ``backups`` and ``schedules``, the
-jobs routes below, and the streams ``/ws/backups``, ``/ws/migrator``, ``/ws/terminal``. It
-sets ``app.state.jobs`` (the ``Jobs`` registry: the worker's stop calls its ``cancel_all``,
+``setup_jobs(app, config, streams)`` builds them into ``app.state`` (``backups``,
+``schedules``, ``migrator``, ``terminal``; the URLs are in ``dbtkd.app.routes``), with the jobs
+endpoints below. It sets ``app.state.jobs`` (the ``Jobs`` registry: the worker's stop calls
+its ``cancel_all``,
 its pongs report ``running()``) and ``app.state.jobs_running`` (their count, for idle exit),
 and wraps the app's lifespan: at startup, jobs left unfinished by a dead worker are failed
 (``jobs.startup``), files such a worker left are swept, and the scheduler starts; at shutdown
-anything still running is cancelled. Mounting reads no file and imports no driver.
+anything still running is cancelled. Setting up reads no file and imports no driver.
 
 Jobs routes: ``GET /api/v1/jobs[?kind=backup|restore|migration]``, ``GET /api/v1/jobs/{id}``,
 ``POST /api/v1/jobs/{id}/cancel``.
@@ -24,12 +25,11 @@ import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, WebSocketRoute
 
 from dbtkd.app.backups import Backups, ProfileLookup
 from dbtkd.app.children import sweep_secret_files
 from dbtkd.app.db.profiles import Profile, ProfileStore
-from dbtkd.app.endpoints import ApiError, JSONResponse, route
+from dbtkd.app.endpoints import ApiError, JSONResponse
 from dbtkd.app.jobs import UNFINISHED, Jobs, public_view
 from dbtkd.app.migrator import Migrator
 from dbtkd.app.responses import describe
@@ -61,51 +61,56 @@ def _profile_lookup(app: Starlette, data_dir: str) -> ProfileLookup:
     return profile_of
 
 
-def job_routes(jobs: Jobs) -> list[BaseRoute]:
-    async def list_jobs(request: Request) -> Response:
-        kind = request.query_params.get("kind")
-        if kind is not None and kind not in KINDS:
-            raise ApiError(
-                422,
-                "invalid_params",
-                f"expected kind one of {', '.join(KINDS)}; got {describe(kind)}",
-            )
-        return JSONResponse([public_view(r) for r in await jobs.records(kind)])
-
-    async def _job(job_id: str) -> dict[str, Any]:
-        record = await jobs.get(job_id)
-        if record is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"expected the id of a job (GET /api/v1/jobs lists them); got {describe(job_id)}",
-            )
-        return record
-
-    async def get_job(request: Request) -> Response:
-        return JSONResponse(public_view(await _job(request.path_params["id"])))
-
-    async def cancel_job(request: Request) -> Response:
-        record = await _job(request.path_params["id"])
-        if record.get("status") not in UNFINISHED:
-            raise ApiError(
-                409, "job_finished", f"expected a running job; this one is {record.get('status')}"
-            )
-        if not await jobs.cancel(record["id"], "cancelled by the user"):
-            raise ApiError(
-                409, "job_elsewhere", "the job runs in another worker (a version handoff); retry"
-            )
-        return JSONResponse(public_view(await _job(record["id"])))
-
-    return [
-        route("/api/v1/jobs", {"GET": list_jobs}),
-        route("/api/v1/jobs/{id}", {"GET": get_job}),
-        route("/api/v1/jobs/{id}/cancel", {"POST": cancel_job}),
-    ]
+def jobs_of(request: Request) -> Jobs:
+    """The app's ``Jobs`` (``app.state.jobs``)."""
+    jobs: Jobs = request.app.state.jobs
+    return jobs
 
 
-def mount_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
-    """Add the jobs routes and streams to ``app``; returns its ``Jobs`` (``app.state.jobs``)."""
+async def list_jobs(request: Request) -> Response:
+    kind = request.query_params.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise ApiError(
+            422,
+            "invalid_params",
+            f"expected kind one of {', '.join(KINDS)}; got {describe(kind)}",
+        )
+    return JSONResponse([public_view(r) for r in await jobs_of(request).records(kind)])
+
+
+async def _job(jobs: Jobs, job_id: str) -> dict[str, Any]:
+    record = await jobs.get(job_id)
+    if record is None:
+        raise ApiError(
+            404,
+            "not_found",
+            f"expected the id of a job (GET /api/v1/jobs lists them); got {describe(job_id)}",
+        )
+    return record
+
+
+async def get_job(request: Request) -> Response:
+    return JSONResponse(public_view(await _job(jobs_of(request), request.path_params["id"])))
+
+
+async def cancel_job(request: Request) -> Response:
+    jobs = jobs_of(request)
+    record = await _job(jobs, request.path_params["id"])
+    if record.get("status") not in UNFINISHED:
+        raise ApiError(
+            409, "job_finished", f"expected a running job; this one is {record.get('status')}"
+        )
+    if not await jobs.cancel(record["id"], "cancelled by the user"):
+        raise ApiError(
+            409, "job_elsewhere", "the job runs in another worker (a version handoff); retry"
+        )
+    return JSONResponse(public_view(await _job(jobs, record["id"])))
+
+
+def setup_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
+    """The jobs of ``app`` and what runs them: ``app.state.jobs``, ``backups``, ``schedules``,
+    ``migrator``, ``terminal`` (the routes in ``dbtkd.app.routes`` read them from there), and
+    the lifespan that starts and stops them. Returns its ``Jobs``."""
     jobs = Jobs(config.data_dir)
     feed = getattr(app.state, "events", None)
     if feed is not None:
@@ -115,15 +120,10 @@ def mount_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
     profile_of = _profile_lookup(app, config.data_dir)
     backups = Backups(config, jobs, profile_of)
     schedules = Schedules(config.data_dir, backups, profile_of)
-    app.router.routes.extend(
-        [
-            *backups.routes(streams),
-            *schedules.routes(),
-            *job_routes(jobs),
-            WebSocketRoute("/ws/migrator", Migrator(streams, jobs, profile_of)),
-            WebSocketRoute("/ws/terminal", Terminal(streams)),
-        ]
-    )
+    app.state.backups = backups
+    app.state.schedules = schedules
+    app.state.migrator = Migrator(streams, jobs, profile_of)
+    app.state.terminal = Terminal(streams)
     app.state.jobs = jobs
     app.state.jobs_running = lambda: len(jobs.running())
     previous = app.router.lifespan_context

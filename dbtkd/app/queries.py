@@ -18,19 +18,17 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from dbtkd.app.db.engine import DatabaseError, QueryResult
 from dbtkd.app.db.history import DEFAULT_LIST_LIMIT, MAX_ENTRIES_PER_CONNECTION
 from dbtkd.app.endpoints import (
-    Database,
     JSONResponse,
+    database_of,
     integer,
     invalid,
     number,
     query_integer,
     read_object,
-    route,
 )
 from dbtkd.app.events import may_change_schema, publish
 from dbtkd.app.store import StoreTooNewError
@@ -91,54 +89,53 @@ def history_view(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "timestamp": entry.get("executed_at"), "row_count": entry.get("total_rows")}
 
 
-def query_routes(database: Database) -> list[BaseRoute]:
+async def run_query(request: Request) -> Response:
+    database = database_of(request)
     profiles, sessions, history = database.profiles, database.sessions, database.history
-
-    async def run_query(request: Request) -> Response:
-        profile = await profiles.get(request.path_params["id"])
-        query, params, limit, offset, timeout = _parse(await read_object(request))
-        started = time.perf_counter()
-        result: QueryResult | None = None
-        error: str | None = None
-        try:
-            async with sessions.use(profile, "query", wait=timeout) as engine:
-                result = await engine.execute(
-                    query, params, limit=limit, offset=offset, time_limit=timeout
-                )
-        except DatabaseError as failure:
-            error = failure.message
-        document = query_document(result, error, time.perf_counter() - started)
-        if may_change_schema(query):  # also after an error: part of a script may have run
-            publish(request.app, "schema_changed", connection_id=profile.id)
-        try:
-            # Before the answer: a query that was answered is in the history.
-            await history.add(
-                profile.id,
-                query=query,
-                success=document["success"],
-                execution_time=document["execution_time"],
-                total_rows=document["total_rows"],
-                rows_affected=document["rows_affected"],
-                error=error,
+    profile = await profiles.get(request.path_params["id"])
+    query, params, limit, offset, timeout = _parse(await read_object(request))
+    started = time.perf_counter()
+    result: QueryResult | None = None
+    error: str | None = None
+    try:
+        async with sessions.use(profile, "query", wait=timeout) as engine:
+            result = await engine.execute(
+                query, params, limit=limit, offset=offset, time_limit=timeout
             )
-        except (OSError, StoreTooNewError) as failure:
-            # The query ran; failing to note it must not fail its answer.
-            log.warning("could not save the query history: %s", failure)
-        return JSONResponse(document)
+    except DatabaseError as failure:
+        error = failure.message
+    document = query_document(result, error, time.perf_counter() - started)
+    if may_change_schema(query):  # also after an error: part of a script may have run
+        publish(request.app, "schema_changed", connection_id=profile.id)
+    try:
+        # Before the answer: a query that was answered is in the history.
+        await history.add(
+            profile.id,
+            query=query,
+            success=document["success"],
+            execution_time=document["execution_time"],
+            total_rows=document["total_rows"],
+            rows_affected=document["rows_affected"],
+            error=error,
+        )
+    except (OSError, StoreTooNewError) as failure:
+        # The query ran; failing to note it must not fail its answer.
+        log.warning("could not save the query history: %s", failure)
+    return JSONResponse(document)
 
-    async def list_history(request: Request) -> Response:
-        profile = await profiles.get(request.path_params["id"])
-        limit = query_integer(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_ENTRIES_PER_CONNECTION)
-        entries = [history_view(entry) for entry in await history.list(profile.id, limit)]
-        return JSONResponse({"success": True, "history": entries, "count": len(entries)})
 
-    async def clear_history(request: Request) -> Response:
-        profile = await profiles.get(request.path_params["id"])
-        cleared = await history.clear(profile.id)
-        return JSONResponse({"success": True, "cleared": cleared})
+async def list_history(request: Request) -> Response:
+    database = database_of(request)
+    profiles, history = database.profiles, database.history
+    profile = await profiles.get(request.path_params["id"])
+    limit = query_integer(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_ENTRIES_PER_CONNECTION)
+    entries = [history_view(entry) for entry in await history.list(profile.id, limit)]
+    return JSONResponse({"success": True, "history": entries, "count": len(entries)})
 
-    prefix = "/api/v1/connections/{id}/query"
-    return [
-        route(prefix, {"POST": run_query}),
-        route(f"{prefix}/history", {"GET": list_history, "DELETE": clear_history}),
-    ]
+
+async def clear_history(request: Request) -> Response:
+    database = database_of(request)
+    profiles, history = database.profiles, database.history
+    profile = await profiles.get(request.path_params["id"])
+    cleared = await history.clear(profile.id)
+    return JSONResponse({"success": True, "cleared": cleared})

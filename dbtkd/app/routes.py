@@ -1,8 +1,10 @@
-"""The app's routes: health, status, the ``/ws/logs`` stream, and its JSON error handlers.
+"""Every URL the app serves, in one table (``build_routes``), and its one error mapping
+(``EXCEPTION_HANDLERS``); the endpoints of health, status, metrics and ``/ws/logs``.
 
-Every route here runs behind ``SecurityMiddleware``: by the time an endpoint runs, Host,
-Origin and token have been checked. Endpoints close over the ``AppConfig`` and the
-``Streams`` registry they are built with, so a test can build routes for a hand-made config.
+Every route runs behind ``SecurityMiddleware``: by the time an endpoint runs, Host, Origin and
+token have been checked. Endpoints are module-level functions that read what they need from
+``app.state`` (``config``, ``streams``, ``database``, ``jobs``, ``backups``, ...), which
+``create_app`` fills, so a test can build the app for a hand-made config.
 """
 
 from __future__ import annotations
@@ -16,15 +18,26 @@ from http import HTTPStatus
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import ExceptionHandler
+from starlette.types import ExceptionHandler, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from dbtkd.app import (
+    analytics,
+    backups,
+    connections,
+    events,
+    jobapi,
+    queries,
+    schedules,
+    schema,
+    uisettings,
+)
 from dbtkd.app.config import AppConfig
 from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError
-from dbtkd.app.endpoints import ApiError
+from dbtkd.app.endpoints import ApiError, route
 from dbtkd.app.logtail import follow_log, parse_backlog
 from dbtkd.app.responses import ErrorResponse, describe
 from dbtkd.app.store import StoreTooNewError, StoreUnwritable
@@ -35,80 +48,159 @@ from dbtkd.app.streams import Streams
 STREAM_NAMES = ("logs",)
 
 
-def build_routes(config: AppConfig, streams: Streams) -> list[BaseRoute]:
-    """The routes for one app instance."""
+async def health(request: Request) -> Response:
+    # Liveness only, and the one route open without a token: it must say nothing more.
+    return JSONResponse({"status": "ok"})
 
-    async def health(request: Request) -> Response:
-        # Liveness only, and the one route open without a token: it must say nothing more.
-        return JSONResponse({"status": "ok"})
 
-    async def api_health(request: Request) -> Response:
-        # "healthy", as the old backend answered (UI-CONTRACT; issue 12 item 2).
-        return JSONResponse({"status": "healthy", "version": config.version})
+async def api_health(request: Request) -> Response:
+    config = request.app.state.config
+    # "healthy", as the old backend answered (UI-CONTRACT; issue 12 item 2).
+    return JSONResponse({"status": "healthy", "version": config.version})
 
-    async def status(request: Request) -> Response:
-        now = time.time()
-        return JSONResponse(
-            {
-                "version": config.version,
-                "pid": config.daemon_pid,
-                "worker_pid": os.getpid(),
-                "uptime": round(now - config.daemon_started_at, 3),
-                "worker_uptime": round(now - config.worker_started_at, 3),
-                "worker_restarts": config.worker_restarts,
-                "websockets": streams.counts(),
-            }
-        )
 
-    async def logs(websocket: WebSocket) -> None:
-        try:
-            backlog = parse_backlog(websocket.query_params.get("backlog"))
-        except ValueError as error:
-            await _deny(websocket, 400, "bad_request", str(error))
-            return
-        await streams.serve(
-            "logs", websocket, functools.partial(follow_log, path=config.log_file, backlog=backlog)
-        )
+async def status(request: Request) -> Response:
+    config, streams = _state(request)
+    now = time.time()
+    return JSONResponse(
+        {
+            "version": config.version,
+            "pid": config.daemon_pid,
+            "worker_pid": os.getpid(),
+            "uptime": round(now - config.daemon_started_at, 3),
+            "worker_uptime": round(now - config.worker_started_at, 3),
+            "worker_restarts": config.worker_restarts,
+            "websockets": streams.counts(),
+        }
+    )
 
-    async def metrics(request: Request) -> Response:
-        from dbtkd import procstats
-        from dbtkd.app.meter import Meter, render
 
-        # The worker wraps the app in its Meter; an app served any other way reports no
-        # request figures rather than failing.
-        meter = getattr(request.app.state, "meter", None) or Meter(request.app)
-        view = getattr(request.app.state, "supervisor_view", {})
-        processes = {"worker": procstats.read(os.getpid())}
-        if view.get("supervisor"):
-            processes["supervisor"] = view["supervisor"]
-        text = render(
-            meter,
-            processes=processes,
-            uptime_seconds=time.time() - config.daemon_started_at,
-            restarts=view.get("restarts", {}),
-            leases=int(view.get("leases", 0)),
-            websockets=streams.counts(),
-        )
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+async def logs(websocket: WebSocket) -> None:
+    config, streams = _state(websocket)
+    try:
+        backlog = parse_backlog(websocket.query_params.get("backlog"))
+    except ValueError as error:
+        await _deny(websocket, 400, "bad_request", str(error))
+        return
+    await streams.serve(
+        "logs", websocket, functools.partial(follow_log, path=config.log_file, backlog=backlog)
+    )
 
-    async def raise_for_test(request: Request) -> Response:
-        raise RuntimeError("test fault 'raise': GET /api/v1/_test/raise fails on purpose")
 
-    async def block_for_test(request: Request) -> Response:
-        _test_fault_block_event_loop(float(request.query_params.get("seconds", "1")))
-        return JSONResponse({"blocked": True})
+async def metrics(request: Request) -> Response:
+    config, streams = _state(request)
+    from dbtkd import procstats
+    from dbtkd.app.meter import Meter, render
 
-    async def sleep_for_test(request: Request) -> Response:
-        await asyncio.sleep(float(request.query_params.get("seconds", "1")))
-        return JSONResponse({"slept": True})
+    # The worker wraps the app in its Meter; an app served any other way reports no
+    # request figures rather than failing.
+    meter = getattr(request.app.state, "meter", None) or Meter(request.app)
+    view = getattr(request.app.state, "supervisor_view", {})
+    processes = {"worker": procstats.read(os.getpid())}
+    if view.get("supervisor"):
+        processes["supervisor"] = view["supervisor"]
+    text = render(
+        meter,
+        processes=processes,
+        uptime_seconds=time.time() - config.daemon_started_at,
+        restarts=view.get("restarts", {}),
+        leases=int(view.get("leases", 0)),
+        websockets=streams.counts(),
+    )
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+async def raise_for_test(request: Request) -> Response:
+    raise RuntimeError("test fault 'raise': GET /api/v1/_test/raise fails on purpose")
+
+
+async def block_for_test(request: Request) -> Response:
+    _test_fault_block_event_loop(float(request.query_params.get("seconds", "1")))
+    return JSONResponse({"blocked": True})
+
+
+async def sleep_for_test(request: Request) -> Response:
+    await asyncio.sleep(float(request.query_params.get("seconds", "1")))
+    return JSONResponse({"slept": True})
+
+
+class FromState:
+    """An ASGI endpoint that hands the connection to ``app.state.<name>``: the WebSocket
+    endpoints that are objects built with the app (``Migrator``, ``Terminal``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await getattr(scope["app"].state, self.name)(scope, receive, send)
+
+
+def build_routes(config: AppConfig) -> list[BaseRoute]:
+    """Every URL the app serves, in one table. Endpoints are module-level functions that read
+    what they need from ``request.app.state`` (``database``, ``jobs``, ``backups``, ...)."""
+    connection = "/api/v1/connections/{id}"
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/api/v1/health", api_health, methods=["GET"]),
         Route("/api/v1/status", status, methods=["GET"]),
+        # Saved connections, queries, history and schema (docs/database-api.md).
+        route(
+            "/api/v1/connections",
+            {"GET": connections.list_connections, "POST": connections.create_connection},
+        ),
+        route("/api/v1/connections/test", {"POST": connections.test_connection}),
+        route(
+            connection,
+            {
+                "GET": connections.get_connection,
+                "PUT": connections.update_connection,
+                "DELETE": connections.delete_connection,
+            },
+        ),
+        route(f"{connection}/connect", {"POST": connections.connect}),
+        route(f"{connection}/disconnect", {"POST": connections.disconnect}),
+        route(f"{connection}/query", {"POST": queries.run_query}),
+        route(
+            f"{connection}/query/history",
+            {"GET": queries.list_history, "DELETE": queries.clear_history},
+        ),
+        route(f"{connection}/schema", {"GET": schema.tree}),
+        route(f"{connection}/schema/refresh", {"POST": schema.refresh}),
+        route(f"{connection}/schema/{{schema}}/tables/{{table}}", {"GET": schema.table}),
+        route("/api/v1/analytics/connections/{id}", {"GET": analytics.connection_stats}),
+        route("/api/v1/settings", {"GET": uisettings.get_settings, "PUT": uisettings.put_settings}),
+        route("/api/v1/settings/reset", {"POST": uisettings.reset_settings}),
+        # Jobs: backups, restores, schedules (docs/jobs.md).
+        route("/api/v1/jobs", {"GET": jobapi.list_jobs}),
+        route("/api/v1/jobs/{id}", {"GET": jobapi.get_job}),
+        route("/api/v1/jobs/{id}/cancel", {"POST": jobapi.cancel_job}),
+        route("/api/v1/backups", {"GET": backups.list_backups, "POST": backups.create_backup}),
+        route("/api/v1/backups/{id}", {"GET": backups.get_backup, "DELETE": backups.delete_backup}),
+        route("/api/v1/backups/{id}/restore", {"POST": backups.restore_backup}),
+        route("/api/v1/backups/{id}/download", {"GET": backups.download_backup}),
+        route("/api/v1/backups/{id}/verify", {"POST": backups.verify_backup}),
+        route(
+            "/api/v1/backup-schedules",
+            {"GET": schedules.list_schedules, "POST": schedules.create_schedule},
+        ),
+        route(
+            "/api/v1/backup-schedules/{id}",
+            {
+                "GET": schedules.get_schedule,
+                "PUT": schedules.update_schedule,
+                "DELETE": schedules.delete_schedule,
+            },
+        ),
+        route("/api/v1/backup-schedules/{id}/run", {"POST": schedules.run_schedule}),
+        # Streams (docs/jobs.md, docs/database-api.md).
         WebSocketRoute("/ws/logs", logs),
+        WebSocketRoute("/ws/events", events.events_stream),
+        WebSocketRoute("/ws/backups", backups.backups_stream),
+        WebSocketRoute("/ws/analytics", analytics.AnalyticsStream()),
+        WebSocketRoute("/ws/migrator", FromState("migrator")),
+        WebSocketRoute("/ws/terminal", FromState("terminal")),
     ]
-    routes.append(Route("/metrics", metrics, methods=["GET"]))
     if "raise" in config.test_faults:
         routes.append(Route("/api/v1/_test/raise", raise_for_test, methods=["GET"]))
     if "block" in config.test_faults:
@@ -117,6 +209,11 @@ def build_routes(config: AppConfig, streams: Streams) -> list[BaseRoute]:
         routes.append(Route("/api/v1/_test/block", block_for_test, methods=["POST"]))
         routes.append(Route("/api/v1/_test/sleep", sleep_for_test, methods=["GET"]))
     return routes
+
+
+def _state(connection: HTTPConnection) -> tuple[AppConfig, Streams]:
+    state = connection.app.state
+    return state.config, state.streams
 
 
 def _test_fault_block_event_loop(seconds: float) -> None:

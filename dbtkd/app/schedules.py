@@ -27,11 +27,10 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from dbtkd.app.backups import Backups, ProfileLookup, label_or_error, parse_plan, unknown_fields
 from dbtkd.app.db.profiles import ProfileNotFoundError
-from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object
 from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, new_id, now_iso, public_view
 from dbtkd.app.recordstore import Record, Records, RecordStore
@@ -371,69 +370,76 @@ class Schedules:
     async def _get(self, schedule_id: str) -> Record:
         return _found((await self.store.read()).get(schedule_id), schedule_id)
 
-    def routes(self) -> list[BaseRoute]:
-        async def list_schedules(request: Request) -> Response:
-            records = sorted(
-                (await self.store.read()).values(), key=lambda r: str(r.get("created_at"))
-            )
-            # The UI reads {success, schedules} (UI-CONTRACT §10.1).
-            return JSONResponse({"success": True, "schedules": [schedule_view(r) for r in records]})
 
-        async def create_schedule(request: Request) -> Response:
-            record = build_schedule(await read_object(request), None)
-            await self.profile_of(record["connection_id"])  # 404 for an unknown connection
-            await self.store.update(lambda records: records.__setitem__(record["id"], record))
-            self.poke()
-            publish(request.app, "schedule_changed", id=record["id"], deleted=False)
-            return JSONResponse({**schedule_view(record), "success": True}, status_code=201)
+def schedules_of(request: Request) -> Schedules:
+    """The app's ``Schedules`` (``app.state.schedules``)."""
+    schedules: Schedules = request.app.state.schedules
+    return schedules
 
-        async def get_schedule(request: Request) -> Response:
-            return JSONResponse(schedule_view(await self._get(request.path_params["id"])))
 
-        async def update_schedule(request: Request) -> Response:
-            schedule_id = request.path_params["id"]
-            body = await read_object(request)
-            connection_id = body.get("connection_id")
-            existing = await self._get(schedule_id)
-            if isinstance(connection_id, str) and connection_id != existing["connection_id"]:
-                await self.profile_of(connection_id)  # 404 for an unknown connection
+async def list_schedules(request: Request) -> Response:
+    schedules = schedules_of(request)
+    records = sorted(
+        (await schedules.store.read()).values(), key=lambda r: str(r.get("created_at"))
+    )
+    # The UI reads {success, schedules} (UI-CONTRACT §10.1).
+    return JSONResponse({"success": True, "schedules": [schedule_view(r) for r in records]})
 
-            def change(records: Records) -> Record:
-                # Merged over the schedule as it is now, inside the store's lock: an edit made
-                # meanwhile is kept, and a schedule deleted meanwhile stays deleted (404).
-                record = build_schedule(body, _found(records.get(schedule_id), schedule_id))
-                records[schedule_id] = record
-                return record
 
-            record = await self.store.update(change)
-            self.poke()
-            publish(request.app, "schedule_changed", id=schedule_id, deleted=False)
-            return JSONResponse({**schedule_view(record), "success": True})
+async def create_schedule(request: Request) -> Response:
+    schedules = schedules_of(request)
+    record = build_schedule(await read_object(request), None)
+    await schedules.profile_of(record["connection_id"])  # 404 for an unknown connection
+    await schedules.store.update(lambda records: records.__setitem__(record["id"], record))
+    schedules.poke()
+    publish(request.app, "schedule_changed", id=record["id"], deleted=False)
+    return JSONResponse({**schedule_view(record), "success": True}, status_code=201)
 
-        async def delete_schedule(request: Request) -> Response:
-            schedule_id = request.path_params["id"]
-            await self.store.update(
-                lambda records: _found(records.pop(schedule_id, None), schedule_id)
-            )
-            self.poke()
-            publish(request.app, "schedule_changed", id=schedule_id, deleted=True)
-            return JSONResponse({"success": True, "id": schedule_id})
 
-        async def run_schedule(request: Request) -> Response:
-            schedule = await self._get(request.path_params["id"])
-            await self.profile_of(schedule["connection_id"])
-            backup = await self._start(schedule)
-            if backup is None:
-                refreshed = await self._get(schedule["id"])
-                raise ApiError(409, "schedule_busy", str(refreshed.get("last_error")))
-            return JSONResponse(public_view(backup), status_code=202)
+async def get_schedule(request: Request) -> Response:
+    schedules = schedules_of(request)
+    return JSONResponse(schedule_view(await schedules._get(request.path_params["id"])))
 
-        prefix = "/api/v1/backup-schedules"
-        return [
-            route(prefix, {"GET": list_schedules, "POST": create_schedule}),
-            route(
-                f"{prefix}/{{id}}",
-                {"GET": get_schedule, "PUT": update_schedule, "DELETE": delete_schedule},
-            ),
-            route(f"{prefix}/{{id}}/run", {"POST": run_schedule}),
-        ]
+
+async def update_schedule(request: Request) -> Response:
+    schedules = schedules_of(request)
+    schedule_id = request.path_params["id"]
+    body = await read_object(request)
+    connection_id = body.get("connection_id")
+    existing = await schedules._get(schedule_id)
+    if isinstance(connection_id, str) and connection_id != existing["connection_id"]:
+        await schedules.profile_of(connection_id)  # 404 for an unknown connection
+
+    def change(records: Records) -> Record:
+        # Merged over the schedule as it is now, inside the store's lock: an edit made
+        # meanwhile is kept, and a schedule deleted meanwhile stays deleted (404).
+        record = build_schedule(body, _found(records.get(schedule_id), schedule_id))
+        records[schedule_id] = record
+        return record
+
+    record = await schedules.store.update(change)
+    schedules.poke()
+    publish(request.app, "schedule_changed", id=schedule_id, deleted=False)
+    return JSONResponse({**schedule_view(record), "success": True})
+
+
+async def delete_schedule(request: Request) -> Response:
+    schedules = schedules_of(request)
+    schedule_id = request.path_params["id"]
+    await schedules.store.update(
+        lambda records: _found(records.pop(schedule_id, None), schedule_id)
+    )
+    schedules.poke()
+    publish(request.app, "schedule_changed", id=schedule_id, deleted=True)
+    return JSONResponse({"success": True, "id": schedule_id})
+
+
+async def run_schedule(request: Request) -> Response:
+    schedules = schedules_of(request)
+    schedule = await schedules._get(request.path_params["id"])
+    await schedules.profile_of(schedule["connection_id"])
+    backup = await schedules._start(schedule)
+    if backup is None:
+        refreshed = await schedules._get(schedule["id"])
+        raise ApiError(409, "schedule_busy", str(refreshed.get("last_error")))
+    return JSONResponse(public_view(backup), status_code=202)

@@ -23,10 +23,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
-from dbtkd.app.endpoints import ApiError, Database, JSONResponse, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, database_of
 from dbtkd.app.events import publish
 from dbtkd.app.responses import describe
 
@@ -80,79 +79,75 @@ def _quote(db_type: str, name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def schema_routes(database: Database) -> list[BaseRoute]:
+async def tree(request: Request) -> Response:
+    database = database_of(request)
     profiles, sessions = database.profiles, database.sessions
+    profile = await profiles.get(request.path_params["id"])
+    document = {"success": True, "connection_id": profile.id, "db_type": profile.db_type}
+    try:
+        async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
+            schemas = await engine.schema()
+    except DatabaseError as error:
+        raise _unavailable(error) from None
+    return JSONResponse({**document, "schemas": keyed_tree(schemas), "error": None})
 
-    async def tree(request: Request) -> Response:
-        profile = await profiles.get(request.path_params["id"])
-        document = {"success": True, "connection_id": profile.id, "db_type": profile.db_type}
-        try:
-            async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
-                schemas = await engine.schema()
-        except DatabaseError as error:
-            raise _unavailable(error) from None
-        return JSONResponse({**document, "schemas": keyed_tree(schemas), "error": None})
 
-    async def table(request: Request) -> Response:
-        profile = await profiles.get(request.path_params["id"])
-        schema_name = request.path_params["schema"]
-        table_name = request.path_params["table"]
-        try:
-            async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
-                found = await engine.table(schema_name, table_name)
-                sample = None
-                if found is not None:
-                    qualified = (
-                        f"{_quote(profile.db_type, schema_name)}."
-                        f"{_quote(profile.db_type, table_name)}"
-                    )
-                    sample = await engine.execute(
-                        f"SELECT * FROM {qualified}",
-                        None,
-                        limit=SAMPLE_ROWS,
-                        offset=0,
-                        time_limit=METADATA_TIMEOUT,
-                    )
-        except DatabaseError as error:
-            raise _unavailable(error) from None
-        if found is None or sample is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"expected a table or view in this database; got schema "
-                f"{describe(schema_name)}, table {describe(table_name)}",
-            )
-        columns = [
-            {
-                "column_name": column["name"],
-                "data_type": column["type"],
-                "is_nullable": "YES" if column.get("nullable") else "NO",
-                "column_default": column.get("default"),
-                "is_primary_key": bool(column.get("primary_key")),
-            }
-            for column in found.get("columns") or []
-        ]
-        return JSONResponse(
-            {
-                "success": True,
-                "schema": schema_name,
-                "table": found,
-                "columns": columns,
-                "sample_data": sample.rows,
-                "error": None,
-            }
+async def table(request: Request) -> Response:
+    database = database_of(request)
+    profiles, sessions = database.profiles, database.sessions
+    profile = await profiles.get(request.path_params["id"])
+    schema_name = request.path_params["schema"]
+    table_name = request.path_params["table"]
+    try:
+        async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
+            found = await engine.table(schema_name, table_name)
+            sample = None
+            if found is not None:
+                qualified = (
+                    f"{_quote(profile.db_type, schema_name)}.{_quote(profile.db_type, table_name)}"
+                )
+                sample = await engine.execute(
+                    f"SELECT * FROM {qualified}",
+                    None,
+                    limit=SAMPLE_ROWS,
+                    offset=0,
+                    time_limit=METADATA_TIMEOUT,
+                )
+    except DatabaseError as error:
+        raise _unavailable(error) from None
+    if found is None or sample is None:
+        raise ApiError(
+            404,
+            "not_found",
+            f"expected a table or view in this database; got schema "
+            f"{describe(schema_name)}, table {describe(table_name)}",
         )
-
-    async def refresh(request: Request) -> Response:
-        # Nothing is cached here (every tree is read from the database), so there is nothing
-        # to drop; the other windows are told, so they drop theirs too (/ws/events).
-        profile = await profiles.get(request.path_params["id"])
-        publish(request.app, "schema_changed", connection_id=profile.id)
-        return JSONResponse({"success": True, "message": "the schema is read afresh each time"})
-
-    prefix = "/api/v1/connections/{id}/schema"
-    return [
-        route(prefix, {"GET": tree}),
-        route(f"{prefix}/{{schema}}/tables/{{table}}", {"GET": table}),
-        route(f"{prefix}/refresh", {"POST": refresh}),
+    columns = [
+        {
+            "column_name": column["name"],
+            "data_type": column["type"],
+            "is_nullable": "YES" if column.get("nullable") else "NO",
+            "column_default": column.get("default"),
+            "is_primary_key": bool(column.get("primary_key")),
+        }
+        for column in found.get("columns") or []
     ]
+    return JSONResponse(
+        {
+            "success": True,
+            "schema": schema_name,
+            "table": found,
+            "columns": columns,
+            "sample_data": sample.rows,
+            "error": None,
+        }
+    )
+
+
+async def refresh(request: Request) -> Response:
+    profiles = database_of(request).profiles
+    # Nothing is cached here (every tree is read from the database), so there is nothing
+    # to drop; the other windows are told, so they drop theirs too (/ws/events).
+    profile = await profiles.get(request.path_params["id"])
+    publish(request.app, "schema_changed", connection_id=profile.id)
+    return JSONResponse({"success": True, "message": "the schema is read afresh each time"})

@@ -21,9 +21,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
-from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object, route
+from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object
 from dbtkd.app.events import publish
 from dbtkd.app.store import Document, Store
 
@@ -125,25 +124,24 @@ class UiSettings:
         return await self.store.update(apply)
 
 
-def settings_routes(data_dir: str) -> list[BaseRoute]:
-    settings = UiSettings(data_dir)
+def _settings(request: Request) -> UiSettings:
+    settings: UiSettings = request.app.state.ui_settings
+    return settings
 
-    async def get_settings(request: Request) -> Response:
-        return JSONResponse(await settings.get())
 
-    async def put_settings(request: Request) -> Response:
-        changes = changes_of(await read_object(request))
-        values = await settings.change(changes)
-        if changes:
-            publish(request.app, "settings_changed")
-        return JSONResponse(values)
+async def get_settings(request: Request) -> Response:
+    return JSONResponse(await _settings(request).get())
 
-    async def reset_settings(request: Request) -> Response:
-        values = await settings.reset()
+
+async def put_settings(request: Request) -> Response:
+    changes = changes_of(await read_object(request))
+    values = await _settings(request).change(changes)
+    if changes:
         publish(request.app, "settings_changed")
-        return JSONResponse(values)
+    return JSONResponse(values)
 
-    return [
-        route("/api/v1/settings", {"GET": get_settings, "PUT": put_settings}),
-        route("/api/v1/settings/reset", {"POST": reset_settings}),
-    ]
+
+async def reset_settings(request: Request) -> Response:
+    values = await _settings(request).reset()
+    publish(request.app, "settings_changed")
+    return JSONResponse(values)

@@ -9,5 +9,5 @@ into JSON. ``sessions`` keeps the open connections per saved connection; ``profi
 connections store and ``history`` the query history, both files in the data dir written
 through ``dbtkd.app.store``. The HTTP and WebSocket routes that use all this live one level up
 (``dbtkd.app.connections``, ``queries``, ``schema``, ``analytics``), composed by
-``dbtkd.app.database``. See ``docs/database-api.md``.
+``dbtkd.app.routes``. See ``docs/database-api.md``.
 """

@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from dbtkd.app import children
 from dbtkd.app.children import Child
 from dbtkd.app.recordstore import Record, Records, RecordStore
+from dbtkd.app.store import StoreUnwritable
 
 SECONDS = 1.0
 # DESIGN §2 + the worker's stop budget: cancelling must leave time to close the WebSockets
@@ -92,6 +93,8 @@ def _failure_message(error: BaseException) -> str | None:
     """The first ``JobFailed`` message inside ``error`` (task groups wrap them in groups)."""
     if isinstance(error, JobFailed):
         return error.message
+    if isinstance(error, StoreUnwritable):  # a full or read-only disk: the user's to fix
+        return str(error)
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
             message = _failure_message(inner)

@@ -252,3 +252,21 @@ def test_a_full_home_survives_a_worker_restart_and_its_state_file_catches_up(
         what="the state file to name the restarted worker",
     )
     api.ok("POST", "/api/v1/connections", CONNECTION, 201)
+
+
+@needs_root
+def test_leftovers_a_read_only_data_dir_kept_at_start_go_once_it_is_writable(
+    home: Path, small_data_dir: Path, reaper: ProcessReaper
+) -> None:
+    """A crash left a temporary file with a password; the next start finds the data dir
+    read-only and cannot remove it. On bdb7a18 it stayed until the start after that."""
+    leftover = small_data_dir / ".connections.json.k3j_x9a2.tmp"
+    leftover.write_text('{"password": "left behind"}')
+    assert mount("-o", "remount,ro", str(small_data_dir)).returncode == 0
+    api = Api(reaper.start(home))
+    assert api.ok("GET", "/api/v1/connections")  # serves what it holds
+    assert leftover.exists()  # nothing can be removed from a read-only disk
+
+    assert mount("-o", "remount,rw", str(small_data_dir)).returncode == 0
+    wait_until(lambda: not leftover.exists(), timeout=20, what="the leftover to be removed")
+    assert api.daemon.status()["restarts"] == {}  # by the running worker, not a new one

@@ -180,6 +180,7 @@ class Jobs:
         # How a kind's record is shown in events (backups: with the UI's field names).
         self.views: dict[str, Callable[[Record], dict[str, Any]]] = {}
         self._slots = anyio.Semaphore(max_concurrent)
+        self._recover_refused = False  # the disk refused the last recover: warned once
         self._task_group: TaskGroup | None = None
         self._pid = os.getpid()
         self._ticks = children.start_ticks(self._pid)
@@ -224,8 +225,20 @@ class Jobs:
         logged, not fatal: the worker must serve anyway."""
         try:
             await self.recover()
+        except StoreUnwritable as error:
+            # Retried every ORPHAN_CHECK_INTERVAL: one warning per outage, not a traceback
+            # every 10 s (which would rotate the log's history out).
+            if not self._recover_refused:
+                log.warning(
+                    "cannot mark the jobs of a dead worker failed yet: %s (retrying every %g s)",
+                    error,
+                    ORPHAN_CHECK_INTERVAL,
+                )
+            self._recover_refused = True
         except Exception:
             log.exception("could not mark the jobs of a dead worker failed in %s", self.store.path)
+        else:
+            self._recover_refused = False
 
     def _is_orphan(self, record: Record) -> bool:
         if record.get("id") in self._active:

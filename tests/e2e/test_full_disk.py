@@ -12,6 +12,7 @@ The data dir is a small tmpfs this test mounts (root only; skipped with a reason
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -270,3 +271,53 @@ def test_leftovers_a_read_only_data_dir_kept_at_start_go_once_it_is_writable(
     assert mount("-o", "remount,rw", str(small_data_dir)).returncode == 0
     wait_until(lambda: not leftover.exists(), timeout=20, what="the leftover to be removed")
     assert api.daemon.status()["restarts"] == {}  # by the running worker, not a new one
+
+
+@needs_root
+def test_a_dead_workers_jobs_and_due_schedules_wait_for_space_with_one_warning(
+    home: Path, small_data_dir: Path, reaper: ProcessReaper
+) -> None:
+    """A worker died mid-backup and the disk is full: the next worker cannot record the job's
+    end, nor claim a due schedule. On bdb7a18 that was a traceback at start and another every
+    10 s (every 30 s for the scheduler) for as long as the disk stayed full; now one warning
+    each, and the job is failed once space returns."""
+    orphan = {
+        "id": "0" * 32,
+        "kind": "backup",
+        "name": "cut short",
+        "status": "in_progress",
+        "created_at": "2026-01-01T00:00:00.000+00:00",
+        "worker_pid": 2**22 + 1,  # above the highest pid_max Linux allows: no such process
+        "worker_ticks": 1,
+    }
+    (small_data_dir / "jobs.json").write_text(json.dumps({"format": 1, "jobs": [orphan]}))
+    due = {
+        "id": "1" * 32,
+        "connection_id": "gone",
+        "enabled": True,
+        "interval_seconds": 86400,
+        "next_run_at": "2026-01-01T00:00:00+00:00",
+    }
+    (small_data_dir / "schedules.json").write_text(json.dumps({"format": 1, "schedules": [due]}))
+    filler = fill(small_data_dir)
+    api = Api(reaper.start(home))
+    log_file = home / "logs" / "dbtkd.log"
+    wait_until(
+        lambda: (
+            "mark the jobs of a dead worker failed" in (text := log_file.read_text())
+            and "the scheduler" in text
+        ),
+        what="the first attempts to be logged",
+    )
+    assert api.ok("GET", f"/api/v1/jobs/{orphan['id']}")["status"] == "in_progress"
+
+    filler.unlink()
+    wait_until(
+        lambda: api.ok("GET", f"/api/v1/jobs/{orphan['id']}")["status"] == "failed",
+        timeout=30,
+        what="the orphan job to be failed",
+    )
+    log = log_file.read_text()
+    assert "Traceback" not in log, log
+    assert log.count("cannot mark the jobs of a dead worker failed yet") == 1, log
+    assert log.count("the scheduler waits for the disk") == 1, log

@@ -48,6 +48,10 @@ START_FAILURE_BUDGET = 5
 START_FAILURE_WINDOW = 60 * SECONDS
 HEALTHY_AFTER = 10 * SECONDS  # a worker ready this long resets backoff and budget
 KEEPALIVE_INTERVAL = 15 * SECONDS
+# A state or port file a full or read-only disk refused is written again this often, so that
+# clients reading it find the daemon soon after space returns; one failed attempt costs a few
+# syscalls.
+STATE_RETRY_INTERVAL = 2 * SECONDS
 IDLE_CHECK_INTERVAL_MAX = 1 * SECONDS
 # A live loop answers a ping in microseconds; a hung one is the watchdog's business.
 FRESH_PONG_TIMEOUT = 2 * SECONDS
@@ -88,6 +92,7 @@ class Supervisor:
         self.failed_server: asyncio.Server | None = None
         self.control: ControlServer | None = None
         self.state_written = False
+        self.state_unwritten: set[str] = set()  # files a full or read-only disk refused
         self.announced = False
         self._lease_ids = 0
         self.socket_activated = False
@@ -125,6 +130,7 @@ class Supervisor:
             supervise = asyncio.create_task(self._supervise())
             keepalive = asyncio.create_task(self._keepalive())
             idle = asyncio.create_task(self._idle_exit())
+            retry = asyncio.create_task(self._retry_state_files())
             stopping = asyncio.create_task(self.stopping.wait())
             try:
                 await asyncio.wait({supervise, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -133,10 +139,11 @@ class Supervisor:
             finally:
                 keepalive.cancel()
                 idle.cancel()
+                retry.cancel()
                 stopping.cancel()
                 await self.stop_worker(code=self.stop_code)
                 supervise.cancel()
-                await asyncio.gather(supervise, keepalive, idle, return_exceptions=True)
+                await asyncio.gather(supervise, keepalive, idle, retry, return_exceptions=True)
                 if self.subreaper is not None:
                     await self.subreaper.drain(ORPHANS_DRAIN_TIMEOUT)
         except DbtkError as exc:
@@ -347,23 +354,45 @@ class Supervisor:
             "started_at": self.started_at,
             "home": runtime.home,
         }
-        state.write_atomic(runtime.state_file, json.dumps(document, indent=2) + "\n")
+        self._write_or_retry(runtime.state_file, json.dumps(document, indent=2) + "\n")
         # Next to the data: how a client with another runtime dir finds this daemon. Written
         # once the control socket listens, like the state file.
         live = {key: document[key] for key in ("format", "pid", "control_socket", "nonce", "home")}
-        try:
-            state.write_atomic(self.settings.data.live_file, json.dumps(live, indent=2) + "\n")
-        except OSError as exc:  # a full or read-only data disk: clients find us the usual way
-            log.warning("cannot write %s: %s", self.settings.data.live_file, exc.strerror)
+        self._write_or_retry(self.settings.data.live_file, json.dumps(live, indent=2) + "\n")
 
     def _write_state_files(self) -> None:
         self._write_state_file()
         for path in (self.settings.data.last_port_file, self.settings.runtime.legacy_port_file):
-            try:
-                state.write_atomic(path, f"{self.port}\n")
-            except OSError as exc:  # conveniences: a full or read-only disk must not stop us
-                log.warning("cannot write %s: %s", path, exc.strerror)
+            self._write_or_retry(path, f"{self.port}\n")
         self.state_written = True
+
+    def _write_or_retry(self, path: str, text: str) -> None:
+        """Write a state or port file; a disk that refuses it (full, read-only) must not stop
+        the daemon: these files help clients find it, and the control socket needs none of
+        them. A refused file is written again every ``STATE_RETRY_INTERVAL``."""
+        try:
+            state.write_atomic(path, text)
+        except OSError as exc:
+            if path not in self.state_unwritten:  # once per outage, not every retry
+                log.warning(
+                    "cannot write %s: %s; retrying every %g s",
+                    path,
+                    exc.strerror or exc,
+                    STATE_RETRY_INTERVAL,
+                )
+            self.state_unwritten.add(path)
+            return
+        if path in self.state_unwritten:
+            self.state_unwritten.discard(path)
+            log.info("wrote %s again", path)
+
+    async def _retry_state_files(self) -> None:
+        while True:
+            await asyncio.sleep(STATE_RETRY_INTERVAL)
+            # Only while we serve and the files are ours: after a handoff they are the
+            # successor's, and when stopping they are about to be removed.
+            if self.state_unwritten and self.state == "running" and self.owns_files:
+                self._write_state_files()
 
     def _worker_pids(self) -> list[int]:
         """Our children that are workers (not yet reaped): never the subreaper's to touch."""

@@ -34,7 +34,7 @@ from dbtkd.app.jobs import UNFINISHED, Jobs, public_view
 from dbtkd.app.migrator import Migrator
 from dbtkd.app.responses import describe
 from dbtkd.app.schedules import Schedules
-from dbtkd.app.store import remove_interrupted_writes
+from dbtkd.app.store import StoreUnwritable, remove_interrupted_writes
 from dbtkd.app.streams import Streams
 from dbtkd.app.terminal import Terminal
 
@@ -45,6 +45,9 @@ STREAM_NAMES = ("backups", "migrator", "terminal")
 # normally cancels them first, with the reason the supervisor gives).
 SHUTDOWN_REASON = "interrupted by stop"
 KINDS = ("backup", "restore", "migration")
+# How often leftovers a read-only data dir kept at start (temporary files of interrupted
+# writes, which may hold passwords) are tried again: a listdir while the disk stays read-only.
+LEFTOVER_RETRY_INTERVAL = 5.0  # seconds
 
 
 def _profile_lookup(app: Starlette, data_dir: str) -> ProfileLookup:
@@ -134,8 +137,17 @@ def setup_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
             await jobs.startup(group)
             try:
                 await anyio.to_thread.run_sync(_sweep, jobs, backups)
-            except OSError:  # housekeeping: never a reason not to serve
-                log.exception("could not sweep the files of dead workers")
+            except OSError as error:  # housekeeping: never a reason not to serve
+                if StoreUnwritable.wraps(error):
+                    log.warning(
+                        "cannot remove the files of dead workers from %s: %s; retrying every %g s",
+                        jobs.data_dir,
+                        error.strerror or error,
+                        LEFTOVER_RETRY_INTERVAL,
+                    )
+                else:
+                    log.exception("could not sweep the files of dead workers")
+                group.start_soon(_remove_leftovers_later, jobs.data_dir, backups.secrets_dir)
             group.start_soon(schedules.run)
             try:
                 yield state
@@ -146,6 +158,21 @@ def setup_jobs(app: Starlette, config: Any, streams: Streams) -> Jobs:
 
     app.router.lifespan_context = lifespan
     return jobs
+
+
+async def _remove_leftovers_later(data_dir: str, secrets_dir: str) -> None:
+    """Remove what the start-up sweep could not (a read-only data dir) once it can, with no
+    restart. Only files no live process can be writing: store temporaries under their store's
+    lock, and secret files of dead workers. Backup files wait for the next start (a backup of
+    this worker may be starting one now)."""
+    while True:
+        await anyio.sleep(LEFTOVER_RETRY_INTERVAL)
+        try:
+            await anyio.to_thread.run_sync(remove_interrupted_writes, data_dir)
+        except OSError:
+            continue
+        await anyio.to_thread.run_sync(sweep_secret_files, secrets_dir)
+        return
 
 
 def _sweep(jobs: Jobs, backups: Backups) -> None:

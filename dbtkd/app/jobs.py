@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from dbtkd.app import children
 from dbtkd.app.children import Child
 from dbtkd.app.recordstore import Record, Records, RecordStore
+from dbtkd.app.store import StoreUnwritable
 
 SECONDS = 1.0
 # DESIGN §2 + the worker's stop budget: cancelling must leave time to close the WebSockets
@@ -92,6 +93,8 @@ def _failure_message(error: BaseException) -> str | None:
     """The first ``JobFailed`` message inside ``error`` (task groups wrap them in groups)."""
     if isinstance(error, JobFailed):
         return error.message
+    if isinstance(error, StoreUnwritable):  # a full or read-only disk: the user's to fix
+        return str(error)
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
             message = _failure_message(inner)
@@ -177,6 +180,7 @@ class Jobs:
         # How a kind's record is shown in events (backups: with the UI's field names).
         self.views: dict[str, Callable[[Record], dict[str, Any]]] = {}
         self._slots = anyio.Semaphore(max_concurrent)
+        self._recover_refused = False  # the disk refused the last recover: warned once
         self._task_group: TaskGroup | None = None
         self._pid = os.getpid()
         self._ticks = children.start_ticks(self._pid)
@@ -221,8 +225,20 @@ class Jobs:
         logged, not fatal: the worker must serve anyway."""
         try:
             await self.recover()
+        except StoreUnwritable as error:
+            # Retried every ORPHAN_CHECK_INTERVAL: one warning per outage, not a traceback
+            # every 10 s (which would rotate the log's history out).
+            if not self._recover_refused:
+                log.warning(
+                    "cannot mark the jobs of a dead worker failed yet: %s (retrying every %g s)",
+                    error,
+                    ORPHAN_CHECK_INTERVAL,
+                )
+            self._recover_refused = True
         except Exception:
             log.exception("could not mark the jobs of a dead worker failed in %s", self.store.path)
+        else:
+            self._recover_refused = False
 
     def _is_orphan(self, record: Record) -> bool:
         if record.get("id") in self._active:

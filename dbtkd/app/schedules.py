@@ -35,6 +35,7 @@ from dbtkd.app.events import publish
 from dbtkd.app.jobs import UNFINISHED, new_id, now_iso, public_view
 from dbtkd.app.recordstore import Record, Records, RecordStore
 from dbtkd.app.responses import describe
+from dbtkd.app.store import StoreUnwritable
 
 SECONDS = 1.0
 MINUTE = 60 * SECONDS
@@ -247,6 +248,7 @@ class Schedules:
         self.backups = backups
         self.profile_of = profile_of
         self._wake = anyio.Event()
+        self._refused = False  # the disk refused the last claim: warned once
 
     def poke(self) -> None:
         """A schedule changed: look at the clock again now."""
@@ -260,6 +262,12 @@ class Schedules:
                 for schedule in await self._claim_due():
                     await self._start(schedule)
                 wait = await self._seconds_to_next()
+                self._refused = False
+            except StoreUnwritable as error:  # a full or read-only disk: once per outage
+                if not self._refused:
+                    log.warning("the scheduler waits for the disk: %s", error)
+                self._refused = True
+                wait = MAX_SLEEP
             except Exception:  # a broken store must not end the scheduler: log, retry later
                 log.exception("the scheduler failed; retrying in %g s", MAX_SLEEP)
                 wait = MAX_SLEEP

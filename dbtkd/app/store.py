@@ -86,19 +86,28 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 
 
-class StoreUnwritable(Exception):
-    """The data dir is full (507) or read-only (503): nothing was saved; reads go on."""
+class StoreUnwritable(OSError):
+    """The data dir is full (507) or read-only (503): nothing was saved; reads go on.
+
+    An ``OSError`` with the original errno, so code that already shrugs off a failed
+    housekeeping write (the query history, a job's last record) goes on shrugging; the
+    message names the directory, the cause and the fix.
+    """
 
     def __init__(self, data_dir: str, error: OSError) -> None:
         self.full = error.errno in FULL_ERRNOS
         self.status = 507 if self.full else 503
         self.code = "storage_full" if self.full else "storage_read_only"
         cause = "the disk is full" if self.full else "the disk is read-only"
-        super().__init__(
+        self.detail = (
             f"cannot save to {data_dir}: {cause} ({error.strerror or error}); nothing was "
             f"saved. {'Free some space' if self.full else 'Make it writable again'} and try "
             "again: DB Toolkit goes on by itself"
         )
+        super().__init__(error.errno, self.detail)
+
+    def __str__(self) -> str:
+        return self.detail
 
     @staticmethod
     def wraps(error: OSError) -> bool:

@@ -43,8 +43,8 @@ from dbtkd.app.responses import ErrorResponse, describe
 from dbtkd.app.store import StoreTooNewError, StoreUnwritable
 from dbtkd.app.streams import Streams
 
-# Every stream the app serves, listed in status even with no client (more join in later
-# items: backups, terminal, migrator, analytics).
+# Streams listed in status even with no client; the jobs' streams (backups, migrator,
+# terminal) and /ws/events add their names in create_app.
 STREAM_NAMES = ("logs",)
 
 

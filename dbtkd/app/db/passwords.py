@@ -56,6 +56,11 @@ DBUS_TIMEOUT = 5.0  # seconds
 SECRETS_NAME = "org.freedesktop.secrets"
 SECRETS_PATH = "/org/freedesktop/secrets"
 DEFAULT_COLLECTION = "/org/freedesktop/secrets/aliases/default"
+# What the bus answers when no program owns the Secret Service name (and none is activatable).
+NO_SERVICE_ERRORS = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+)
 
 
 class KeyringUnavailable(Exception):
@@ -107,6 +112,11 @@ class SecretService:
         try:
             return unwrap_msg(connection.send_and_get_reply(message, timeout=DBUS_TIMEOUT))
         except DBusErrorResponse as error:
+            if error.name in NO_SERVICE_ERRORS:
+                raise KeyringUnavailable(
+                    f"no Secret Service on the session bus ({SECRETS_NAME} is not running; "
+                    "start a keyring such as gnome-keyring or KeePassXC)"
+                ) from None
             raise KeyringUnavailable(f"the Secret Service refused: {error.name}") from None
         except (OSError, TimeoutError) as error:
             raise KeyringUnavailable(f"the Secret Service did not answer: {error!r}") from None

@@ -18,6 +18,7 @@ names it. A list reads no password; ``get`` fetches the one it returns.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 import uuid
@@ -25,10 +26,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 
 from dbtkd.app.db.passwords import PasswordVault
 from dbtkd.app.store import Document, Store
+
+log = logging.getLogger("dbtkd.app.db")
 
 CURRENT_FORMAT = 1
 STORE_FILE = "connections.json"
@@ -317,7 +321,12 @@ class ProfileStore:
         if now - self.vault.last_move_try < KEYRING_RETRY:
             return
         self.vault.last_move_try = now
-        await self._change(lambda profiles: None)
+        try:
+            await self._change(lambda profiles: None)
+        except Exception as error:
+            # A read must not fail because a write it chose to make did (a full or read-only
+            # data dir, a file of a newer daemon): the passwords stay in the file meanwhile.
+            log.warning("could not move passwords to the OS keyring: %s", error)
 
     async def save(self, profile: Profile) -> None:
         """Add ``profile`` (or replace the one with its id); returns once it is on disk."""
@@ -344,34 +353,54 @@ class ProfileStore:
 
     async def _change(self, change: Callable[[dict[str, Profile]], T]) -> T:
         named_before: set[str] = set()
+        placed: set[str] = set()
 
         def apply(document: Document) -> T:
             profiles = _profiles(document)
             named_before.update(p.keyring_ref for p in profiles.values() if p.keyring_ref)
             result = change(profiles)
-            self._place_passwords(profiles)
+            placed.update(self._place_passwords(profiles))
             document["connections"] = [profile.stored() for profile in profiles.values()]
             return result
 
-        result = await self.store.update(apply)
+        try:
+            result = await self.store.update(apply)
+        except BaseException:
+            # The write failed: items made for it are stray unless it got as far as the rename
+            # (a failed fsync after it), so only those the file on disk does not name go.
+            if placed:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._discard_unnamed, placed)
+            raise
         # Only now that the file no longer names them: items of changed, cleared or deleted
         # passwords. (A crash before this leaves stray items, never a missing password.)
-        document = await self.store.read()
-        named_now = {p.keyring_ref for p in _profiles(document).values() if p.keyring_ref}
-        if named_before - named_now:
-            await anyio.to_thread.run_sync(self.vault.discard, named_before - named_now)
+        if named_before:
+            await anyio.to_thread.run_sync(self._discard_unnamed, named_before)
         return result
 
-    def _place_passwords(self, profiles: dict[str, Profile]) -> None:
+    def _discard_unnamed(self, refs: set[str]) -> None:
+        try:
+            document = self.store.read_sync()
+            # Every entry, the ones this version cannot use included: their items stay too.
+            entries = [*(document.get("connections") or []), *(document.get("unsupported") or [])]
+            named = {e.get("keyring") for e in entries if isinstance(e, dict)}
+        except Exception:
+            return  # cannot tell: a stray item is better than a lost password
+        self.vault.discard(refs - named)
+
+    def _place_passwords(self, profiles: dict[str, Profile]) -> list[str]:
         """Under the store's lock, before the file is written: each password that would be
-        written to the file goes to the keyring first, if one takes it."""
+        written to the file goes to the keyring first, if one takes it. Returns the new refs."""
+        placed: list[str] = []
         for profile_id, profile in profiles.items():
             if not profile.password or profile.keyring_ref:
                 continue
             ref = self.vault.store(profile_id, profile.name, profile.password)
             if ref is None:
-                return  # no keyring now: this and the rest stay in the file
+                break  # no keyring now: this and the rest stay in the file
             profiles[profile_id] = dataclasses.replace(profile, keyring_ref=ref)
+            placed.append(ref)
+        return placed
 
 
 def _profiles(document: Document) -> dict[str, Profile]:

@@ -320,7 +320,6 @@ class ControlCommands:
 
 def _password_report(data_dir: str) -> dict[str, Any]:
     """Where saved connection passwords are kept (the OS keyring or connections.json)."""
-    from dbtkd.app.db import passwords
-    from dbtkd.app.db.profiles import STORE_FILE
+    from dbtkd import passwords  # stdlib and jeepney only: the supervisor loads no app code
 
-    return passwords.report(os.path.join(data_dir, STORE_FILE))
+    return passwords.report(os.path.join(data_dir, passwords.CONNECTIONS_FILE))

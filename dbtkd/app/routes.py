@@ -37,13 +37,13 @@ from dbtkd.app import (
     uisettings,
 )
 from dbtkd.app.config import AppConfig
-from dbtkd.app.db.passwords import report as password_report
 from dbtkd.app.db.profiles import STORE_FILE, InvalidProfileError, ProfileNotFoundError
 from dbtkd.app.endpoints import ApiError, route
 from dbtkd.app.logtail import follow_log, parse_backlog
 from dbtkd.app.responses import ErrorResponse, describe
 from dbtkd.app.store import StoreTooNewError, StoreUnwritable
 from dbtkd.app.streams import Streams
+from dbtkd.passwords import report as password_report
 
 # Streams listed in status even with no client; the jobs' streams (backups, migrator,
 # terminal) and /ws/events add their names in create_app.

@@ -9,7 +9,7 @@ MariaDB included), ``host``, ``port``, ``database`` (for SQLite an absolute file
 fresh data dir gets one embedded SQLite connection, ``local``, whose file is inside the data
 dir, so the app has something to open with nothing installed; deleting it sticks.
 
-Passwords go to the OS keyring when one is reachable (``dbtkd.app.db.passwords``): the file then
+Passwords go to the OS keyring when one is reachable (``dbtkd.passwords``): the file then
 holds ``"keyring": "<ref>"`` and ``"password": null``; every change of the store moves passwords
 still in the file to the keyring, and a reference is forgotten only once the file no longer
 names it. A list reads no password; ``get`` fetches the one it returns.
@@ -29,13 +29,13 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from dbtkd.app.db.passwords import PasswordVault
 from dbtkd.app.store import Document, Store
+from dbtkd.passwords import CONNECTIONS_FILE, PasswordVault
 
 log = logging.getLogger("dbtkd.app.db")
 
 CURRENT_FORMAT = 1
-STORE_FILE = "connections.json"
+STORE_FILE = CONNECTIONS_FILE
 DB_TYPES = ("sqlite", "postgresql", "mysql")
 # Names users type for these engines; stored under the canonical name.
 DB_TYPE_ALIASES = {"postgres": "postgresql", "mariadb": "mysql", "sqlite3": "sqlite"}

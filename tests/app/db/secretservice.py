@@ -22,7 +22,7 @@ import pytest
 from tests.support import wait_until
 
 KEYRING_PASSWORD = b"login-password"
-APPLICATION = "db-toolkit"  # dbtkd.app.db.passwords.APPLICATION, as the user sees it
+APPLICATION = "db-toolkit"  # dbtkd.passwords.APPLICATION, as the user sees it
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>

@@ -47,6 +47,9 @@ log = logging.getLogger("dbtkd.app.db")
 # DBTK_PASSWORD_STORE=file keeps passwords in connections.json even with a keyring (for users
 # who sync their data dir, and for tests that must not touch the developer's own keyring).
 ENV_STORE = "DBTK_PASSWORD_STORE"
+# dbtkd.app.db.profiles.STORE_FILE, for ``report``: not imported, because the supervisor (which
+# answers ``dbtkctl status``) loads no app code.
+CONNECTIONS_FILE = "connections.json"
 KEYRING = "keyring"
 FILE = "file"
 # The attributes that find our items: an application name, and the random reference.

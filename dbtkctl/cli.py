@@ -235,6 +235,7 @@ def _format_status(status: dict[str, Any]) -> str:
         f"  log          {status['log_file']}",
         f"  data         {status['data_dir']}",
         f"  config       {status['config_file']}",
+        f"  passwords    {_format_passwords(status.get('passwords'))}",
     ]
     if status.get("log_error"):
         lines.insert(1, f"  log problem  {status['log_error']}")
@@ -258,6 +259,16 @@ def _format_processes(processes: dict[str, Any]) -> str:
     if not parts:
         return "unknown"
     return f"{total_pss / 2**20:.1f} MiB PSS in all ({'; '.join(parts)})"
+
+
+def _format_passwords(passwords: dict[str, Any] | None) -> str:
+    """``OS keyring (Secret Service), 3 there, 0 in connections.json`` or why the file is used."""
+    if not passwords:
+        return "unknown (daemon too old to say)"
+    counts = f"{passwords['in_keyring']} in the keyring, {passwords['in_file']} in the file"
+    if passwords["store"] == "keyring":
+        return f"OS keyring ({passwords['backend']}); {counts}"
+    return f"connections.json (0600): {passwords['reason']}; {counts}"
 
 
 def do_status(args: argparse.Namespace | SimpleNamespace) -> int:

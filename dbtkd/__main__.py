@@ -16,6 +16,9 @@ import sys
 WINDOWS_ONLY = {"_msi", "_overlapped", "_winapi", "msilib", "msvcrt", "nt", "winreg", "winsound"}
 POSIX_ONLY = {"_posixsubprocess", "fcntl", "grp", "posix", "pty", "pwd", "resource", "termios"}
 MACOS_ONLY = {"_scproxy"}
+# The OS keyring's clients (dbtkd/passwords.py): jeepney on Linux, keyring elsewhere.
+LINUX_ONLY = {"jeepney"}
+NOT_LINUX = {"keyring"}
 
 
 def run() -> None:
@@ -71,8 +74,10 @@ def selftest(argv: list[str]) -> int:
 
     import dbtkd.app
 
-    other_os_only = (POSIX_ONLY if sys.platform == "win32" else WINDOWS_ONLY) | (
-        set() if sys.platform == "darwin" else MACOS_ONLY
+    other_os_only = (
+        (POSIX_ONLY if sys.platform == "win32" else WINDOWS_ONLY)
+        | (set() if sys.platform == "darwin" else MACOS_ONLY)
+        | (NOT_LINUX if sys.platform == "linux" else LINUX_ONLY)
     )
     walked = ["dbtkd.app"]
     walked += [m.name for m in pkgutil.walk_packages(dbtkd.app.__path__, "dbtkd.app.")]

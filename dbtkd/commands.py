@@ -89,6 +89,7 @@ class ControlCommands:
             "log_error": self.daemon.logfile.error,
             "port_range": settings.port_range_text(),
             "watchdog_timeout": settings.watchdog_timeout,
+            "passwords": await asyncio.to_thread(_password_report, settings.data.data_dir),
         }
 
     async def _require_ready(self) -> None:
@@ -315,3 +316,10 @@ class ControlCommands:
         self.daemon.last_handoff_error = f"upgrade to {version} failed: {reason}"
         log.error("%s; still serving", self.daemon.last_handoff_error)
         self.daemon.handoff_pending = False
+
+
+def _password_report(data_dir: str) -> dict[str, Any]:
+    """Where saved connection passwords are kept (the OS keyring or connections.json)."""
+    from dbtkd import passwords  # stdlib and jeepney only: the supervisor loads no app code
+
+    return passwords.report(os.path.join(data_dir, passwords.CONNECTIONS_FILE))

@@ -72,6 +72,9 @@ def health(port: int) -> int:
 def env_for(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBTK_", "NOTIFY_SOCKET"))}
     env["DBTK_HOME"] = str(home)
+    # Saved passwords stay in the test's own data dir, never in the developer's OS keyring;
+    # the keyring tests pass DBTK_PASSWORD_STORE="" and a private Secret Service.
+    env["DBTK_PASSWORD_STORE"] = "file"
     env.update(extra)
     return env
 

@@ -288,7 +288,8 @@ class Migrator(DuplexStream):
                     "project's database: add connection_id to the migrator frame "
                     "(MigrationsPage.js: connection_id: selectedProject.connectionId)"
                 )
-            profile = matches[0]
+            # A list carries no passwords (they may be in the OS keyring): fetch this one's.
+            profile = await self.profile_of(matches[0].id)
         return profile, [program, *words], cwd
 
     async def _handle(

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
@@ -36,12 +37,13 @@ from dbtkd.app import (
     uisettings,
 )
 from dbtkd.app.config import AppConfig
-from dbtkd.app.db.profiles import InvalidProfileError, ProfileNotFoundError
+from dbtkd.app.db.profiles import STORE_FILE, InvalidProfileError, ProfileNotFoundError
 from dbtkd.app.endpoints import ApiError, route
 from dbtkd.app.logtail import follow_log, parse_backlog
 from dbtkd.app.responses import ErrorResponse, describe
 from dbtkd.app.store import StoreTooNewError, StoreUnwritable
 from dbtkd.app.streams import Streams
+from dbtkd.passwords import report as password_report
 
 # Streams listed in status even with no client; the jobs' streams (backups, migrator,
 # terminal) and /ws/events add their names in create_app.
@@ -55,8 +57,12 @@ async def health(request: Request) -> Response:
 
 async def api_health(request: Request) -> Response:
     config = request.app.state.config
-    # "healthy", as the old backend answered (UI-CONTRACT; issue 12 item 2).
-    return JSONResponse({"status": "healthy", "version": config.version})
+    # "healthy", as the old backend answered (UI-CONTRACT; issue 12 item 2), and where saved
+    # passwords are kept (docs/security.md), without any password.
+    passwords = await anyio.to_thread.run_sync(
+        password_report, os.path.join(config.data_dir, STORE_FILE)
+    )
+    return JSONResponse({"status": "healthy", "version": config.version, "passwords": passwords})
 
 
 async def status(request: Request) -> Response:

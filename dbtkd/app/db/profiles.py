@@ -8,21 +8,34 @@ MariaDB included), ``host``, ``port``, ``database`` (for SQLite an absolute file
 ``dbtkd.app.store``: read the freshest copy, change it, write it atomically, under one lock). A
 fresh data dir gets one embedded SQLite connection, ``local``, whose file is inside the data
 dir, so the app has something to open with nothing installed; deleting it sticks.
+
+Passwords go to the OS keyring when one is reachable (``dbtkd.passwords``): the file then
+holds ``"keyring": "<ref>"`` and ``"password": null``; every change of the store moves passwords
+still in the file to the keyring, and a reference is forgotten only once the file no longer
+names it. A list reads no password; ``get`` fetches the one it returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
+
 from dbtkd.app.store import Document, Store
+from dbtkd.passwords import CONNECTIONS_FILE, PasswordVault
+
+log = logging.getLogger("dbtkd.app.db")
 
 CURRENT_FORMAT = 1
-STORE_FILE = "connections.json"
+STORE_FILE = CONNECTIONS_FILE
 DB_TYPES = ("sqlite", "postgresql", "mysql")
 # Names users type for these engines; stored under the canonical name.
 DB_TYPE_ALIASES = {"postgres": "postgresql", "mariadb": "mysql", "sqlite3": "sqlite"}
@@ -43,6 +56,9 @@ WRITABLE_FIELDS = frozenset(
     {"name", "db_type", "host", "port", "database", "username", "password", "file_path"}
 )
 IGNORED_FIELDS = frozenset({"id", "has_password"})
+# While passwords wait in the file for a keyring, a read tries to move them at most this often
+# (a keyring that appears is used within this long; one that is absent costs one try per period).
+KEYRING_RETRY = 30.0  # seconds
 
 
 class InvalidProfileError(ValueError):
@@ -64,10 +80,13 @@ class Profile:
     username: str | None
     # Secret: never in repr (so never in a log line or a traceback's message).
     password: str | None = field(default=None, repr=False)
+    # The keyring item holding the password (None: in the file, or none); ``password`` is None
+    # until ``ProfileStore.get`` fetches it.
+    keyring_ref: str | None = field(default=None, repr=False)
 
     @property
     def has_password(self) -> bool:
-        return bool(self.password)
+        return bool(self.password) or bool(self.keyring_ref)
 
     def public_view(self) -> dict[str, Any]:
         """What the API returns: everything but the password."""
@@ -83,7 +102,13 @@ class Profile:
         }
 
     def stored(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The entry in ``connections.json``: the password itself, or its keyring reference."""
+        entry = dataclasses.asdict(self)
+        ref = entry.pop("keyring_ref")
+        if ref:
+            entry["password"] = None
+            entry["keyring"] = ref
+        return entry
 
     def describe(self) -> str:
         """``postgresql://user@host:port/db``: for error messages (no password)."""
@@ -122,9 +147,11 @@ def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> P
         raise InvalidProfileError(
             f"expected only the fields {', '.join(sorted(WRITABLE_FIELDS))}; got {unknown}"
         )
-    merged: dict[str, Any] = existing.stored() if existing else {}
+    merged: dict[str, Any] = dataclasses.asdict(existing) if existing else {}
     merged.update({key: value for key, value in body.items() if key in WRITABLE_FIELDS})
-    if existing is not None and body.get("password") == "":
+    keep_password = existing is not None and body.get("password", "") == ""
+    if keep_password:
+        assert existing is not None
         merged["password"] = existing.password  # the form's empty field: unchanged
     if "file_path" in merged:
         file_path = merged.pop("file_path")
@@ -181,6 +208,8 @@ def build_profile(body: Mapping[str, Any], existing: Profile | None = None) -> P
         database=database,
         username=username,
         password=password or None,
+        # An unchanged password stays where it is; a new one is placed when it is saved.
+        keyring_ref=existing.keyring_ref if existing and keep_password and username else None,
     )
 
 
@@ -232,6 +261,7 @@ def _profile_from_stored(entry: Mapping[str, Any]) -> Profile:
         database=entry.get("database"),
         username=entry.get("username"),
         password=entry.get("password"),
+        keyring_ref=entry["keyring"] if isinstance(entry.get("keyring"), str) else None,
     )
 
 
@@ -243,8 +273,9 @@ class ProfileStore:
     handoff, or a second ``ProfileStore`` of the same data dir, never sees a stale list.
     """
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, vault: PasswordVault | None = None) -> None:
         self.data_dir = data_dir
+        self.vault = vault or PasswordVault.shared()
         self.store = Store(
             data_dir, STORE_FILE, migrations=MIGRATIONS, initial=self._fresh_data_dir
         )
@@ -263,13 +294,39 @@ class ProfileStore:
         return {"connections": [embedded.stored()]}
 
     async def all(self) -> list[Profile]:
-        return list(_profiles(await self.store.read()).values())
+        profiles = _profiles(await self.store.read())
+        await self._move_to_keyring(profiles.values())
+        return list(profiles.values())
 
     async def get(self, profile_id: str) -> Profile:
-        profile = _profiles(await self.store.read()).get(profile_id)
+        """The profile, with its password (fetched from the keyring if it is there)."""
+        profiles = _profiles(await self.store.read())
+        profile = profiles.get(profile_id)
         if profile is None:
             raise ProfileNotFoundError(profile_id)
+        await self._move_to_keyring(profiles.values())
+        if profile.keyring_ref and not profile.password:
+            password = await anyio.to_thread.run_sync(self.vault.fetch, profile.keyring_ref)
+            profile = dataclasses.replace(profile, password=password)
         return profile
+
+    async def _move_to_keyring(self, profiles: Any) -> None:
+        """Passwords still in the file go to the keyring if one has appeared (at most one try
+        every ``KEYRING_RETRY`` seconds; every change of the store tries too)."""
+        if self.vault.backend is None or not any(
+            p.password and not p.keyring_ref for p in profiles
+        ):
+            return
+        now = time.monotonic()
+        if now - self.vault.last_move_try < KEYRING_RETRY:
+            return
+        self.vault.last_move_try = now
+        try:
+            await self._change(lambda profiles: None)
+        except Exception as error:
+            # A read must not fail because a write it chose to make did (a full or read-only
+            # data dir, a file of a newer daemon): the passwords stay in the file meanwhile.
+            log.warning("could not move passwords to the OS keyring: %s", error)
 
     async def save(self, profile: Profile) -> None:
         """Add ``profile`` (or replace the one with its id); returns once it is on disk."""
@@ -295,13 +352,55 @@ class ProfileStore:
         await self._change(change)
 
     async def _change(self, change: Callable[[dict[str, Profile]], T]) -> T:
+        named_before: set[str] = set()
+        placed: set[str] = set()
+
         def apply(document: Document) -> T:
             profiles = _profiles(document)
+            named_before.update(p.keyring_ref for p in profiles.values() if p.keyring_ref)
             result = change(profiles)
+            placed.update(self._place_passwords(profiles))
             document["connections"] = [profile.stored() for profile in profiles.values()]
             return result
 
-        return await self.store.update(apply)
+        try:
+            result = await self.store.update(apply)
+        except BaseException:
+            # The write failed: items made for it are stray unless it got as far as the rename
+            # (a failed fsync after it), so only those the file on disk does not name go.
+            if placed:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._discard_unnamed, placed)
+            raise
+        # Only now that the file no longer names them: items of changed, cleared or deleted
+        # passwords. (A crash before this leaves stray items, never a missing password.)
+        if named_before:
+            await anyio.to_thread.run_sync(self._discard_unnamed, named_before)
+        return result
+
+    def _discard_unnamed(self, refs: set[str]) -> None:
+        try:
+            document = self.store.read_sync()
+            # Every entry, the ones this version cannot use included: their items stay too.
+            entries = [*(document.get("connections") or []), *(document.get("unsupported") or [])]
+            named = {e.get("keyring") for e in entries if isinstance(e, dict)}
+        except Exception:
+            return  # cannot tell: a stray item is better than a lost password
+        self.vault.discard(refs - named)
+
+    def _place_passwords(self, profiles: dict[str, Profile]) -> list[str]:
+        """Under the store's lock, before the file is written: each password that would be
+        written to the file goes to the keyring first, if one takes it. Returns the new refs."""
+        placed: list[str] = []
+        for profile_id, profile in profiles.items():
+            if not profile.password or profile.keyring_ref:
+                continue
+            ref = self.vault.store(profile_id, profile.name, profile.password)
+            if ref is None:
+                break  # no keyring now: this and the rest stay in the file
+            profiles[profile_id] = dataclasses.replace(profile, keyring_ref=ref)
+            placed.append(ref)
+        return placed
 
 
 def _profiles(document: Document) -> dict[str, Profile]:

@@ -306,10 +306,18 @@ class MysqlEngine(Engine):
         if not _unbuffered_active(cursor):
             return
         pymysql = _pymysql()
-        killer = self._connect(self.profile, "cancel")
+        try:
+            killer = self._connect(self.profile, "cancel")
+        except DatabaseError:
+            # No second connection (max_connections reached, say): read the rest, as slow as
+            # that is, rather than fail a page that was read.
+            _drain(cursor)
+            return
         try:
             with killer.cursor() as kill:
                 kill.execute(f"KILL QUERY {int(self._thread_id)}")
+        except pymysql.err.MySQLError:
+            pass  # not killed: the drain below reads the rest
         finally:
             killer.close()
         try:

@@ -132,3 +132,29 @@ def test_a_postgresql_page_crosses_the_wire_alone(api: Api, postgres: DbServer) 
         assert _scalar(api, connection, "SELECT COUNT(*) FROM w") == ROWS
     finally:
         proxy.stop()
+
+
+def test_a_mysql_page_is_still_answered_when_no_second_connection_can_stop_it(
+    api: Api, mysql: DbServer
+) -> None:
+    """A user allowed one connection cannot open the one that sends KILL QUERY: the rest of
+    the result is then read, slowly but correctly, instead of failing a page already read."""
+    _fill_mysql(mysql.database)
+    user = f"dbtk_one_{mysql.database[-8:]}"
+    admin = mysql_admin()
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{user}'@'%' WITH MAX_USER_CONNECTIONS 1")
+            cursor.execute(f"GRANT ALL ON `{mysql.database}`.* TO '{user}'@'%'")
+        connection = api.create(mysql, username=user)
+        before = _rows_sent(api, connection)
+        page = api.run(connection, "SELECT * FROM w", limit=PAGE)
+        assert len(page["rows"]) == PAGE
+        assert page["has_more"] is True
+        assert _rows_sent(api, connection) - before >= ROWS  # read to the end, not stopped
+        assert _scalar(api, connection, "SELECT COUNT(*) FROM w") == ROWS
+        api.ok("DELETE", f"/api/v1/connections/{connection}")
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        admin.close()

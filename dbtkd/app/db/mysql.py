@@ -5,9 +5,15 @@ and the base that the async wrappers (aiomysql) only put a coroutine face on; ru
 thread through ``run_blocking`` it costs the event loop nothing. Decoding speed is its weak
 side; the bench measures the API against this same driver.
 
-Results are read unbuffered (``SSCursor``): rows are decoded one page at a time, never more than
-``offset + limit + 1`` of them. The MySQL protocol has no way to stop a result set early, so the
-rest is then read off the socket without being decoded. Multi-statement scripts are allowed
+Results are read unbuffered (``SSCursor``): only the page's ``limit + 1`` rows are decoded; the
+``offset`` rows before it are read off the socket as raw packets (the server cannot skip them
+without a rewritten SQL text, which the user's statement never gets). The MySQL protocol has no
+way to stop a result set early, so when a single statement still has rows after the page (more
+than ``DRAIN_BEFORE_KILL_ROWS``), ``KILL QUERY`` from a second connection ends it: the server
+stops at its next row, the little already in flight is read raw, and the session (variables,
+transaction, temporary tables) stays as it was. A page therefore costs the same whether the
+result has a thousand rows after it or ten million. A script of several statements is still
+read to its end (killing it would skip its later statements). Multi-statement scripts are allowed
 (``CLIENT.MULTI_STATEMENTS``): the last statement that returns rows gives the page, and row
 counts of the others are summed. Parameters use PyMySQL's ``%s`` (list) or ``%(name)s`` (object)
 placeholders. A statement past its timeout is stopped with ``KILL QUERY <id>`` sent from a second
@@ -40,7 +46,13 @@ from dbtkd.app.db.mycatalog import describe_tables, read_stats
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.db.values import converter_for, encode_rows, guarded
 
-SKIP_CHUNK_ROWS = 10_000
+# Rows after the page read (raw) before ending the statement with KILL QUERY: a kill costs a
+# second connection (about 5-20 ms), reading a row raw a few microseconds, so a short remainder
+# is cheaper to read than to kill, and is read without the kill's race.
+DRAIN_BEFORE_KILL_ROWS = 2_000
+# The server's answer to KILL QUERY in the middle of a result set.
+ER_QUERY_INTERRUPTED = 1317
+_SEVERAL_STATEMENTS = re.compile(r";(?!(\s|;)*$)")
 # Client error codes meaning the connection is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST,
 # CR_SERVER_LOST_EXTENDED, CR_COMMANDS_OUT_OF_SYNC after a broken read).
 LOST_CONNECTION_ERRORS = frozenset({2006, 2013, 2014, 2055})
@@ -253,9 +265,12 @@ class MysqlEngine(Engine):
         affected = 0
         try:
             cursor.execute(query, args)
+            single = _is_single_statement(query)
             while True:
                 if cursor.description:
                     page = self._read_page(cursor, limit, offset)
+                    if single:
+                        self._end_early(cursor)
                 else:
                     affected += max(cursor.rowcount, 0)
                 _drain(cursor)
@@ -278,13 +293,38 @@ class MysqlEngine(Engine):
         description = list(cursor.description)
         # Field packets carry the charset (binary or text), which the description lacks.
         fields = list(getattr(cursor._result, "fields", None) or [None] * len(description))
-        skipped = 0
-        while skipped < offset:
-            chunk = cursor.fetchmany(min(SKIP_CHUNK_ROWS, offset - skipped))
-            if not chunk:
-                break
-            skipped += len(chunk)
+        _skip_raw(cursor, offset)
         return list(cursor.fetchmany(limit + 1)), fields, description
+
+    def _end_early(self, cursor: Any) -> None:
+        """End the unread rest of a single statement's result without reading it all: read a
+        short rest raw, else ``KILL QUERY`` the statement and read what was already in flight
+        up to the server's "interrupted" error. The connection is then ready for the next
+        statement, with its session unchanged."""
+        if _skip_raw(cursor, DRAIN_BEFORE_KILL_ROWS) < DRAIN_BEFORE_KILL_ROWS:
+            return  # the result ended within the short rest
+        if not _unbuffered_active(cursor):
+            return
+        pymysql = _pymysql()
+        try:
+            killer = self._connect(self.profile, "cancel")
+        except DatabaseError:
+            # No second connection (max_connections reached, say): read the rest, as slow as
+            # that is, rather than fail a page that was read.
+            _drain(cursor)
+            return
+        try:
+            with killer.cursor() as kill:
+                kill.execute(f"KILL QUERY {int(self._thread_id)}")
+        except pymysql.err.MySQLError:
+            pass  # not killed: the drain below reads the rest
+        finally:
+            killer.close()
+        try:
+            _drain(cursor)
+        except pymysql.err.MySQLError as error:
+            if not error.args or error.args[0] != ER_QUERY_INTERRUPTED:
+                raise
 
     async def server_version(self) -> str:
         return f"MySQL/MariaDB {self._connection.get_server_info()}"
@@ -321,6 +361,33 @@ class MysqlEngine(Engine):
         self.last_sample = (now, questions)
         stats["queries_per_second"] = round(max(rate, 0.0), 3)
         return stats
+
+
+def _is_single_statement(query: str) -> bool:
+    """True when ``query`` holds no ``;`` but trailing ones, so it is one statement. A ``;``
+    inside a literal or comment also counts as several: the only cost of a wrong "several" is
+    that the rest of the result is read instead of killed."""
+    return _SEVERAL_STATEMENTS.search(query) is None
+
+
+def _unbuffered_active(cursor: Any) -> bool:
+    result = getattr(cursor, "_result", None)
+    return result is not None and bool(getattr(result, "unbuffered_active", False))
+
+
+def _skip_raw(cursor: Any, count: int) -> int:
+    """Read up to ``count`` rows of the unbuffered result as raw packets, without decoding
+    them (PyMySQL's own end-of-result handling); the number of rows skipped."""
+    result = cursor._result if _unbuffered_active(cursor) else None
+    skipped = 0
+    while result is not None and skipped < count and result.unbuffered_active:
+        packet = result.connection._read_packet()
+        if result._check_packet_is_eof(packet):
+            result.unbuffered_active = False
+            result.connection = None  # as PyMySQL does: no reference cycle
+            break
+        skipped += 1
+    return skipped
 
 
 def _drain(cursor: Any) -> None:

@@ -4,7 +4,8 @@
 thread, so sync tests and fixtures can read ``pg_stat_activity`` without an event loop of their
 own. ``TcpProxy`` stands between the daemon and a database server on a loopback port; stopping it
 cuts every connection and refuses new ones, which is what a dead server looks like from the
-daemon, and starting it again on the same port brings the server back.
+daemon, and starting it again on the same port brings the server back. It counts the bytes the
+server sent (``from_server``), which is what a page cost on the wire.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.from_server = 0  # bytes forwarded from the server to the daemon
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -162,12 +164,16 @@ class TcpProxy:
             with self._lock:
                 self._sockets |= {client, upstream}
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(source, sink, source is upstream), daemon=True
+                ).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if count:
+                    with self._lock:
+                        self.from_server += len(data)
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

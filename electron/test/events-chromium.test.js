@@ -10,9 +10,8 @@ const http = require('node:http');
 const path = require('node:path');
 const test = require('node:test');
 
-const { BackendManager } = require('../backend-manager');
 const { findChromium, launchChromium } = require('../testing/chromium');
-const { makeHome, requireDbtkctl, status, waitFor } = require('../testing/support');
+const { backendForPage, makeHome, status, waitFor } = require('../testing/support');
 
 const MODULE = fs.readFileSync(path.join(__dirname, '..', 'renderer', 'backend-client.js'), 'utf8');
 
@@ -165,14 +164,7 @@ test('a change made in one window reaches the other, its caches cleared, across 
   const site = await serve(pages);
   t.after(() => site.server.close());
   const origin = `http://127.0.0.1:${site.server.address().port}`;
-  process.env.DBTK_ALLOWED_ORIGINS = origin;
-  t.after(() => delete process.env.DBTK_ALLOWED_ORIGINS);
-
-  const manager = new BackendManager({ home: ctx.home, dbtkctl: requireDbtkctl(), portRange: '0' });
-  t.after(() => manager.close());
-  const started = await manager.ensureBackend();
-  ctx.pids.add(started.pid);
-  backend = { url: started.url, headers: manager.authHeaders(), protocols: manager.webSocketProtocols() };
+  ({ backend } = await backendForPage(t, ctx, origin));
 
   const browser = await launchChromium(chromium);
   t.after(() => browser.close());

@@ -10,9 +10,8 @@ const http = require('node:http');
 const path = require('node:path');
 const test = require('node:test');
 
-const { BackendManager } = require('../backend-manager');
 const { findChromium, launchChromium } = require('../testing/chromium');
-const { makeHome, requireDbtkctl } = require('../testing/support');
+const { backendForPage, makeHome } = require('../testing/support');
 
 const MODULE = fs.readFileSync(path.join(__dirname, '..', 'renderer', 'backend-client.js'), 'utf8');
 
@@ -119,14 +118,8 @@ test('the renderer module queries, streams backups and asks again after an upgra
   t.after(() => site.close());
   const origin = `http://127.0.0.1:${site.address().port}`;
   // The daemon this test starts allows the page's origin (and only it).
-  process.env.DBTK_ALLOWED_ORIGINS = origin;
-  t.after(() => delete process.env.DBTK_ALLOWED_ORIGINS);
-
-  const manager = new BackendManager({ home: ctx.home, dbtkctl: requireDbtkctl(), portRange: '0' });
-  t.after(() => manager.close());
-  const started = await manager.ensureBackend();
-  ctx.pids.add(started.pid);
-  backend = { url: started.url, headers: manager.authHeaders(), protocols: manager.webSocketProtocols() };
+  let started;
+  ({ started, backend } = await backendForPage(t, ctx, origin));
 
   const browser = await launchChromium(chromium);
   t.after(() => browser.close());

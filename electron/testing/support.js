@@ -256,7 +256,25 @@ function spawnWindow(ctx, name, options = {}) {
   return window;
 }
 
+/**
+ * A daemon started through the module for a test page served at `origin` (the only origin it
+ * allows), and what the preload would hand that page: `{started, backend: {url, headers,
+ * protocols}}`. Everything is stopped after the test.
+ */
+async function backendForPage(t, ctx, origin) {
+  const { BackendManager } = require('../backend-manager');
+  process.env.DBTK_ALLOWED_ORIGINS = origin;
+  t.after(() => delete process.env.DBTK_ALLOWED_ORIGINS);
+  const manager = new BackendManager({ home: ctx.home, dbtkctl: requireDbtkctl(), portRange: '0' });
+  t.after(() => manager.close());
+  const started = await manager.ensureBackend();
+  ctx.pids.add(started.pid);
+  const backend = { url: started.url, headers: manager.authHeaders(), protocols: manager.webSocketProtocols() };
+  return { started, backend };
+}
+
 module.exports = {
+  backendForPage,
   DBTKCTL,
   control,
   controlSocketOf,

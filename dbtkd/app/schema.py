@@ -73,7 +73,13 @@ def keyed_tree(schemas: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _quote(db_type: str, name: str) -> str:
+def qualified(db_type: str, schema: str, table: str) -> str:
+    """``schema.table``, each part quoted for the engine."""
+    return f"{quote_identifier(db_type, schema)}.{quote_identifier(db_type, table)}"
+
+
+def quote_identifier(db_type: str, name: str) -> str:
+    """``name`` quoted for the engine: backticks on MySQL, double quotes elsewhere."""
     if db_type == "mysql":
         return "`" + name.replace("`", "``") + "`"
     return '"' + name.replace('"', '""') + '"'
@@ -103,11 +109,8 @@ async def table(request: Request) -> Response:
             found = await engine.table(schema_name, table_name)
             sample = None
             if found is not None:
-                qualified = (
-                    f"{_quote(profile.db_type, schema_name)}.{_quote(profile.db_type, table_name)}"
-                )
                 sample = await engine.execute(
-                    f"SELECT * FROM {qualified}",
+                    f"SELECT * FROM {qualified(profile.db_type, schema_name, table_name)}",
                     None,
                     limit=SAMPLE_ROWS,
                     offset=0,

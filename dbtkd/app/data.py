@@ -1,0 +1,234 @@
+"""The data explorer's reads: ``POST /api/v1/connections/{id}/data/browse``, ``GET .../data/count``
+and ``POST .../data/cell`` (UI-CONTRACT §5.1-§5.3).
+
+A table is named by the schema tree's keys (``schema_name``, ``table_name``); ``public`` on
+MySQL or SQLite, the UI's default where there is no such schema, means the connection's own
+(its database; ``main``). Every identifier is checked against the table's description and
+quoted per engine; every value is a bound parameter. Browse pages with the engine's own paging
+(so a page costs the same at any table size), orders by the chosen column or else by the
+primary key (stable pages), filters each non-empty column as a case-insensitive "contains" on
+the column's text form (``%`` and ``_`` taken literally), and cuts text longer than 100
+characters to 100 plus ``...``, the marker the grid shows a "view full content" button for
+(``data/cell`` gives the whole value). A database's refusal is ``{success: false, error}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError, Engine
+from dbtkd.app.db.profiles import Profile
+from dbtkd.app.endpoints import (
+    ApiError,
+    JSONResponse,
+    database_of,
+    integer,
+    invalid,
+    read_object,
+)
+from dbtkd.app.schema import quote_identifier
+
+# DataGrid.js shows "view full content" for a string ending in "...": the old backend's cut.
+CELL_PREVIEW_CHARS = 100
+MAX_PAGE = 10_000
+# Past a billion rows skipped, paging is the wrong tool (as for queries).
+MAX_OFFSET = 10**9
+STATEMENT_TIMEOUT = 30.0
+DEFAULT_SCHEMA_ALIAS = "public"
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise invalid(f"expected {name} to be a name from the schema tree; got {value!r:.60}")
+    return value
+
+
+def schema_of(profile: Profile, name: str) -> str:
+    """The UI's default ``public`` on engines without it means the connection's own schema."""
+    if name == DEFAULT_SCHEMA_ALIAS and profile.db_type == "sqlite":
+        return "main"
+    if name == DEFAULT_SCHEMA_ALIAS and profile.db_type == "mysql" and profile.database:
+        return profile.database
+    return name
+
+
+def placeholder(db_type: str, number: int) -> str:
+    """The engine's bound-parameter marker for the ``number``-th value (1-based)."""
+    return {"postgresql": f"${number}", "mysql": "%s"}.get(db_type, "?")
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` with the text's own ``\\``, ``%`` and ``_`` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def contains(db_type: str, column: str, marker: str) -> str:
+    """A case-insensitive "contains" on the column's text form."""
+    if db_type == "postgresql":
+        return f"CAST({column} AS text) ILIKE {marker} ESCAPE '\\'"
+    if db_type == "mysql":
+        return f"LOWER(CAST({column} AS CHAR)) LIKE LOWER({marker}) ESCAPE '\\\\'"
+    return f"CAST({column} AS TEXT) LIKE {marker} ESCAPE '\\'"  # SQLite: ASCII case-insensitive
+
+
+def preview(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > CELL_PREVIEW_CHARS:
+        return value[:CELL_PREVIEW_CHARS] + "..."
+    return value
+
+
+class Table:
+    """A table named by the UI, described by its engine: quoting, columns, primary key."""
+
+    def __init__(self, profile: Profile, schema: str, name: str, entry: dict[str, Any]) -> None:
+        self.db_type = profile.db_type
+        self.columns = {c["name"]: c for c in entry.get("columns") or []}
+        self.primary_key = list(entry.get("primary_key") or [])
+        self.sql = (
+            f"{quote_identifier(self.db_type, schema)}.{quote_identifier(self.db_type, name)}"
+        )
+
+    def column(self, name: object, what: str) -> str:
+        if not isinstance(name, str) or name not in self.columns:
+            raise invalid(
+                f"expected {what} to be a column of the table ({', '.join(self.columns)}); "
+                f"got {name!r:.60}"
+            )
+        return quote_identifier(self.db_type, name)
+
+    def equals(self, name: str, value: Any, number: int) -> tuple[str, list[Any]]:
+        """``column = value`` (``IS NULL`` for null); PostgreSQL gets the value as text cast to
+        the column's type, since the UI sends what the grid showed (a string or a number)."""
+        column = self.column(name, "a row identifier")
+        if value is None:
+            return f"{column} IS NULL", []
+        marker = placeholder(self.db_type, number)
+        if self.db_type == "postgresql":
+            kind = self.columns[name]["type"]
+            return f"{column} = CAST(CAST({marker} AS text) AS {kind})", [_as_text(value)]
+        return f"{column} = {marker}", [value]
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+async def _table(engine: Engine, profile: Profile, body: dict[str, Any]) -> Table:
+    schema = schema_of(profile, _text(body, "schema_name"))
+    name = _text(body, "table_name")
+    entry = await engine.table(schema, name)
+    if entry is None:
+        raise ApiError(
+            404, "not_found", f"expected a table of the schema tree; got {schema}.{name}"
+        )
+    return Table(profile, schema, name, entry)
+
+
+async def browse(request: Request) -> Response:
+    database = database_of(request)
+    profile = await database.profiles.get(request.path_params["id"])
+    body = await read_object(request)
+    limit = integer(body, "limit", 100, 1, MAX_PAGE)
+    offset = integer(body, "offset", 0, 0, MAX_OFFSET)
+    order = body.get("sort_order") or "ASC"
+    if not isinstance(order, str) or order.upper() not in ("ASC", "DESC"):
+        raise invalid(f"expected sort_order ASC or DESC; got {order!r:.20}")
+    filters = body.get("filters") or {}
+    if not isinstance(filters, dict):
+        raise invalid(f"expected filters to be an object of column → text; got {filters!r:.60}")
+    try:
+        async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
+            table = await _table(engine, profile, body)
+            clauses: list[str] = []
+            params: list[Any] = []
+            for name, text in filters.items():
+                if text in (None, ""):
+                    continue  # an empty box is no filter
+                column = table.column(name, "a filter's column")
+                params.append(like_pattern(str(text)))
+                clauses.append(
+                    contains(table.db_type, column, placeholder(table.db_type, len(params)))
+                )
+            sql = f"SELECT * FROM {table.sql}"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            if body.get("sort_column"):
+                sql += (
+                    f" ORDER BY {table.column(body['sort_column'], 'sort_column')} {order.upper()}"
+                )
+            elif table.primary_key:  # stable pages
+                sql += " ORDER BY " + ", ".join(
+                    quote_identifier(table.db_type, k) for k in table.primary_key
+                )
+            result = await engine.execute(
+                sql, params or None, limit=limit, offset=offset, time_limit=STATEMENT_TIMEOUT
+            )
+    except DatabaseError as error:
+        return JSONResponse({"success": False, "columns": [], "rows": [], "error": error.message})
+    return JSONResponse(
+        {
+            "success": True,
+            "columns": [c["name"] for c in result.columns],
+            "rows": [[preview(value) for value in row] for row in result.rows],
+            "limit": limit,
+            "offset": offset,
+            "has_more": result.has_more,
+        }
+    )
+
+
+async def count(request: Request) -> Response:
+    database = database_of(request)
+    profile = await database.profiles.get(request.path_params["id"])
+    names = {k: request.query_params.get(k) for k in ("schema_name", "table_name")}
+    try:
+        async with database.sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
+            table = await _table(engine, profile, names)
+            result = await engine.execute(
+                f"SELECT COUNT(*) FROM {table.sql}",
+                None,
+                limit=1,
+                offset=0,
+                time_limit=STATEMENT_TIMEOUT,
+            )
+    except DatabaseError as error:
+        raise ApiError(502, "db_unavailable", error.message) from None
+    return JSONResponse({"success": True, "count": int(result.rows[0][0])})
+
+
+async def cell(request: Request) -> Response:
+    database = database_of(request)
+    profile = await database.profiles.get(request.path_params["id"])
+    body = await read_object(request)
+    identifier = body.get("row_identifier")
+    if not isinstance(identifier, dict) or not identifier:
+        raise invalid(f"expected row_identifier {{column: value}}; got {identifier!r:.60}")
+    try:
+        async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
+            table = await _table(engine, profile, body)
+            wanted = table.column(body.get("column_name"), "column_name")
+            clauses: list[str] = []
+            params: list[Any] = []
+            for name, value in identifier.items():
+                clause, values = table.equals(name, value, len(params) + 1)
+                clauses.append(clause)
+                params.extend(values)
+            result = await engine.execute(
+                f"SELECT {wanted} FROM {table.sql} WHERE " + " AND ".join(clauses),
+                params or None,
+                limit=1,
+                offset=0,
+                time_limit=STATEMENT_TIMEOUT,
+            )
+    except DatabaseError as error:
+        return JSONResponse({"success": False, "error": error.message})
+    if not result.rows:
+        return JSONResponse({"success": False, "error": "No data found"})
+    return JSONResponse({"success": True, "data": result.rows[0][0]})

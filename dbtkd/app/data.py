@@ -1,5 +1,5 @@
-"""The data explorer's reads: ``POST /api/v1/connections/{id}/data/browse``, ``GET .../data/count``
-and ``POST .../data/cell`` (UI-CONTRACT §5.1-§5.3).
+"""The data explorer: ``POST /api/v1/connections/{id}/data/browse``, ``GET .../data/count``,
+``POST .../data/cell`` and ``PUT|DELETE .../data/row`` (UI-CONTRACT §5.1-§5.4).
 
 A table is named by the schema tree's keys (``schema_name``, ``table_name``); ``public`` on
 MySQL or SQLite, the UI's default where there is no such schema, means the connection's own
@@ -10,6 +10,12 @@ primary key (stable pages), filters each non-empty column as a case-insensitive 
 the column's text form (``%`` and ``_`` taken literally), and cuts text longer than 100
 characters to 100 plus ``...``, the marker the grid shows a "view full content" button for
 (``data/cell`` gives the whole value). A database's refusal is ``{success: false, error}``.
+
+A row edit takes ``schema`` or ``schema_name`` (D5) and the UI's row key (the grid's first
+column, not always a key): it is refused unless exactly one row matches (404 none, 409 several,
+checked on the same session just before the statement), column names must exist (422), a
+``null`` value is SQL NULL, and a database's refusal is 400 with its words in ``detail`` (the
+UI toasts any 2xx as success).
 """
 
 from __future__ import annotations
@@ -232,3 +238,108 @@ async def cell(request: Request) -> Response:
     if not result.rows:
         return JSONResponse({"success": False, "error": "No data found"})
     return JSONResponse({"success": True, "data": result.rows[0][0]})
+
+
+def _row_target(body: dict[str, Any]) -> dict[str, Any]:
+    """The UI's row-edit body: ``schema`` (query results) or ``schema_name`` (the explorer)."""
+    schema = body.get("schema_name") or body.get("schema")
+    key = body.get("primary_key")
+    if not isinstance(key, dict) or not key:
+        raise ApiError(400, "bad_request", "Primary key required")
+    return {"schema_name": schema, "table_name": body.get("table"), "key": key}
+
+
+def _key_clause(table: Table, key: dict[str, Any], first: int = 1) -> tuple[str, list[Any]]:
+    """``key`` as a WHERE clause whose markers are numbered from ``first``, and its values."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name, value in key.items():
+        clause, values = table.equals(name, value, first + len(params))
+        clauses.append(clause)
+        params.extend(values)
+    return " AND ".join(clauses), params
+
+
+async def _check_one_row(engine: Engine, table: Table, key: dict[str, Any]) -> None:
+    """Refuse an edit unless exactly one row matches ``key`` (404 none, 409 several)."""
+    where, params = _key_clause(table, key)
+    found = await engine.execute(
+        f"SELECT COUNT(*) FROM {table.sql} WHERE {where}",
+        params or None,
+        limit=1,
+        offset=0,
+        time_limit=STATEMENT_TIMEOUT,
+    )
+    matches = int(found.rows[0][0])
+    described = ", ".join(f"{k} = {v!r}" for k, v in key.items())
+    if matches == 0:
+        raise ApiError(404, "not_found", f"no row has {described}")
+    if matches > 1:
+        raise ApiError(
+            409,
+            "not_unique",
+            f"{described} matches {matches} rows; edit refused (the first column is not a "
+            "unique key)",
+        )
+
+
+async def update_row(request: Request) -> Response:
+    database = database_of(request)
+    profile = await database.profiles.get(request.path_params["id"])
+    body = await read_object(request)
+    target = _row_target(body)
+    changes = body.get("changes")
+    if not isinstance(changes, dict) or not changes:
+        raise ApiError(400, "bad_request", "No changes provided")
+    try:
+        async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
+            table = await _table(engine, profile, target)
+            assignments: list[str] = []
+            values: list[Any] = []
+            for name, value in changes.items():
+                column = table.column(name, "a changed column")
+                if value is None:
+                    assignments.append(f"{column} = NULL")
+                    continue
+                marker = placeholder(table.db_type, len(values) + 1)
+                if table.db_type == "postgresql":
+                    kind = table.columns[name]["type"]
+                    assignments.append(f"{column} = CAST(CAST({marker} AS text) AS {kind})")
+                    values.append(_as_text(value))
+                else:
+                    assignments.append(f"{column} = {marker}")
+                    values.append(value)
+            await _check_one_row(engine, table, target["key"])
+            # The key's markers come after the values' (PostgreSQL numbers them).
+            where, key_values = _key_clause(table, target["key"], len(values) + 1)
+            await engine.execute(
+                f"UPDATE {table.sql} SET {', '.join(assignments)} WHERE {where}",
+                [*values, *key_values] or None,
+                limit=1,
+                offset=0,
+                time_limit=STATEMENT_TIMEOUT,
+            )
+    except DatabaseError as error:
+        raise ApiError(400, "database_refused", error.message) from None
+    return JSONResponse({"success": True, "message": "Row updated successfully"})
+
+
+async def delete_row(request: Request) -> Response:
+    database = database_of(request)
+    profile = await database.profiles.get(request.path_params["id"])
+    target = _row_target(await read_object(request))
+    try:
+        async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
+            table = await _table(engine, profile, target)
+            await _check_one_row(engine, table, target["key"])
+            where, key_values = _key_clause(table, target["key"])
+            await engine.execute(
+                f"DELETE FROM {table.sql} WHERE {where}",
+                key_values or None,
+                limit=1,
+                offset=0,
+                time_limit=STATEMENT_TIMEOUT,
+            )
+    except DatabaseError as error:
+        raise ApiError(400, "database_refused", error.message) from None
+    return JSONResponse({"success": True, "message": "Row deleted successfully"})

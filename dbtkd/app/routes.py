@@ -178,6 +178,7 @@ def build_routes(config: AppConfig) -> list[BaseRoute]:
         route(f"{connection}/data/browse", {"POST": data.browse}),
         route(f"{connection}/data/count", {"GET": data.count}),
         route(f"{connection}/data/cell", {"POST": data.cell}),
+        route(f"{connection}/data/row", {"PUT": data.update_row, "DELETE": data.delete_row}),
         route("/api/v1/analytics/connections/{id}", {"GET": analytics.connection_stats}),
         route("/api/v1/settings", {"GET": uisettings.get_settings, "PUT": uisettings.put_settings}),
         route("/api/v1/settings/reset", {"POST": uisettings.reset_settings}),

@@ -118,3 +118,68 @@ def test_public_means_the_connections_own_schema_where_there_is_no_public(
         {"schema_name": "public", "table_name": "people", "limit": 100, "offset": 0},
     )
     assert len(page["rows"]) == 4
+
+
+def test_row_edits_from_both_screens_touch_exactly_one_row(api: Api, server: DbServer) -> None:
+    connection = api.create(server)
+    make_people(api, connection)
+    path = f"/api/v1/connections/{connection}/data/row"
+    # The data explorer sends schema_name and the typed text (DataExplorerPage.js:153-158).
+    explorer = {
+        "table": "people",
+        "schema_name": schema_name(server),
+        "primary_key": {"id": 2},
+        "changes": {"name": "Bobby", "notes": ""},
+    }
+    assert api.ok("PUT", path, explorer)["success"] is True
+    # The query results send schema, "public" by default, and null for an emptied cell
+    # (useData.js:14-19, EditableTable.js:27-28).
+    results = {
+        "table": "people",
+        "schema": schema_name(server) if server.db_type == "postgresql" else "public",
+        "primary_key": {"id": 3},
+        "changes": {"notes": None, "email": "c@example.org"},
+    }
+    assert api.ok("PUT", path, results)["success"] is True
+    rows = api.run(connection, "SELECT id, name, email, notes FROM people ORDER BY id")["rows"]
+    assert rows[1] == [2, "Bobby", "bob@example.org", ""]
+    assert rows[2] == [3, "Carol 100%", "c@example.org", None]
+    assert rows[0][1] == "Alice"  # nothing else touched
+
+    api.run(connection, "INSERT INTO people VALUES (5, 'Bobby', 'twin@example.org', NULL)")
+    twins = {**explorer, "primary_key": {"name": "Bobby"}, "changes": {"notes": "x"}}
+    status, refused = api.call("PUT", path, twins)
+    assert status == 409, refused
+    assert "matches 2 rows" in refused["detail"]
+    status, refused = api.call("PUT", path, {**explorer, "primary_key": {"id": 99}})
+    assert (status, refused["detail"]) == (404, "no row has id = 99")
+    status, refused = api.call("PUT", path, {**explorer, "changes": {"nope": 1}})
+    assert status == 422
+    assert api.call("PUT", path, {**explorer, "changes": {}})[1]["detail"] == "No changes provided"
+    assert api.call("PUT", path, {**explorer, "primary_key": {}})[1]["detail"] == (
+        "Primary key required"
+    )
+
+    # DELETE with a JSON body (api.js:175), from the query results.
+    gone = {"table": "people", "schema": results["schema"], "primary_key": {"id": 4}}
+    assert api.ok("DELETE", path, gone)["success"] is True
+    ids = [r[0] for r in api.run(connection, "SELECT id FROM people ORDER BY id")["rows"]]
+    assert ids == [1, 2, 3, 5]
+    assert api.call("DELETE", path, gone)[0] == 404
+
+
+def test_a_value_the_database_refuses_is_a_400_the_toast_shows(
+    api: Api, postgres: DbServer
+) -> None:
+    connection = api.create(postgres)
+    make_people(api, connection)
+    body = {
+        "table": "people",
+        "schema_name": "public",
+        "primary_key": {"id": 1},
+        "changes": {"id": "not a number"},
+    }
+    status, refused = api.call("PUT", f"/api/v1/connections/{connection}/data/row", body)
+    assert status == 400, refused
+    assert refused["error"] == "database_refused"
+    assert "integer" in refused["detail"]

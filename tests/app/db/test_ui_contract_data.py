@@ -183,3 +183,36 @@ def test_a_value_the_database_refuses_is_a_400_the_toast_shows(
     assert status == 400, refused
     assert refused["error"] == "database_refused"
     assert "integer" in refused["detail"]
+
+
+def test_csv_export_writes_the_whole_result_as_the_ui_saves_it(api: Api, server: DbServer) -> None:
+    connection = api.create(server)
+    make_people(api, connection)
+    api.run(connection, "UPDATE people SET notes = 'say \"hi\"; bye' WHERE id = 2")
+    body = {  # CsvExportModal.js:29-35
+        "connection_id": connection,
+        "query": "SELECT id, name, notes FROM people ORDER BY id",
+        "table": "",
+        "delimiter": ";",
+        "include_headers": True,
+    }
+    exported = api.ok("POST", "/api/v1/csv/export", body)
+    assert exported["row_count"] == 4
+    lines = exported["csv_content"].split("\r\n")
+    assert lines[:5] == [
+        "id;name;notes",
+        f"1;Alice;{LONG}",  # the whole value, not the grid's cut
+        '2;bob;"say ""hi""; bye"',  # minimal quoting, quotes doubled
+        "3;Carol 100%;",  # NULL is an empty field
+        "4;dave_b;d",
+    ]
+    bare = api.ok("POST", "/api/v1/csv/export", {**body, "include_headers": False})
+    assert bare["row_count"] == 4
+    assert bare["csv_content"].startswith("1;Alice;")
+
+    status, refused = api.call("POST", "/api/v1/csv/export", {**body, "query": "SELEC 1"})
+    assert status == 400, refused
+    assert isinstance(refused["detail"], str)  # the toast shows it
+    status, refused = api.call("POST", "/api/v1/csv/export", {**body, "delimiter": ""})
+    assert status == 422
+    assert "delimiter" in refused["detail"]

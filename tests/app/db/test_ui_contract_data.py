@@ -216,3 +216,50 @@ def test_csv_export_writes_the_whole_result_as_the_ui_saves_it(api: Api, server:
     status, refused = api.call("POST", "/api/v1/csv/export", {**body, "delimiter": ""})
     assert status == 422
     assert "delimiter" in refused["detail"]
+
+
+def import_body(connection: str, server: DbServer, content: str, **changes: Any) -> dict[str, Any]:
+    return {  # CsvImportModal.js:39-46
+        "connection_id": connection,
+        "schema_name": schema_name(server),
+        "table_name": "people",
+        "csv_content": content,
+        "delimiter": ",",
+        "has_headers": True,
+        **changes,
+    }
+
+
+def test_csv_import_maps_headers_takes_empty_as_null_and_is_all_or_nothing(
+    api: Api, server: DbServer
+) -> None:
+    connection = api.create(server)
+    make_people(api, connection)
+    content = "ID,Email,name\r\n10,ten@example.org,Ten\r\n11,,\r\n"  # headers in another order
+    done = api.ok("POST", "/api/v1/csv/import", import_body(connection, server, content))
+    assert done == {
+        "success": True,
+        "rows_imported": 2,
+        "failed": 0,
+        "errors": [],
+        "total_errors": 0,
+    }
+    rows = api.run(connection, "SELECT id, name, email FROM people WHERE id >= 10 ORDER BY id")
+    assert rows["rows"] == [[10, "Ten", "ten@example.org"], [11, None, None]]
+
+    positional = "12;Twelve;t@example.org;n\n"
+    by_position = import_body(connection, server, positional, delimiter=";", has_headers=False)
+    assert api.ok("POST", "/api/v1/csv/import", by_position)["rows_imported"] == 1
+
+    # Line 3 repeats a primary key: nothing of the file is imported.
+    clash = "id,name\n20,Twenty\n10,Again\n"
+    status, refused = api.call("POST", "/api/v1/csv/import", import_body(connection, server, clash))
+    assert status == 400, refused
+    assert "nothing was imported" in refused["detail"]
+    count = api.run(connection, "SELECT COUNT(*) FROM people WHERE id = 20")["rows"][0][0]
+    assert count == 0
+    status, refused = api.call(
+        "POST", "/api/v1/csv/import", import_body(connection, server, "id,nope\n1,x\n")
+    )
+    assert status == 422
+    assert "'nope'" in refused["detail"]

@@ -187,6 +187,10 @@ async def _stream(
             profile, interval = settings
             sample = await snapshot(database, profile)
             fields = ui_fields(profile.db_type, sample["stats"]) if sample["success"] else {}
+            if fields:  # the history, slow queries and pool stats routes read these
+                samples = getattr(websocket.app.state, "analytics_samples", None)
+                if samples is not None:
+                    samples.record(profile.id, fields)
             await websocket.send_text(json.dumps({"type": "stats", **fields, **sample}))
             # Ticks missed while a slow snapshot ran are skipped, not sent in a burst.
             next_at = max(next_at + interval, anyio.current_time())

@@ -55,6 +55,7 @@ def create_app(config: AppConfig) -> Starlette:
 
     Building it reads no file and imports no driver.
     """
+    from dbtkd.app.analyticsapi import Samples
     from dbtkd.app.endpoints import Database
     from dbtkd.app.events import STREAM_NAME as EVENTS_STREAM
     from dbtkd.app.events import ChangeFeed
@@ -72,5 +73,6 @@ def create_app(config: AppConfig) -> Starlette:
     app.state.events = ChangeFeed()
     app.state.database = Database(config.data_dir)
     app.state.ui_settings = UiSettings(config.data_dir)
+    app.state.analytics_samples = Samples()  # what /ws/analytics saw, for the HTTP routes
     setup_jobs(app, config, streams)  # app.state.jobs: the worker's stop cancels its jobs
     return app

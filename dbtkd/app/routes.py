@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 
 from dbtkd.app import (
     analytics,
+    analyticsapi,
     backups,
     connections,
     csvdata,
@@ -147,6 +148,7 @@ def build_routes(config: AppConfig) -> list[BaseRoute]:
     """Every URL the app serves, in one table. Endpoints are module-level functions that read
     what they need from ``request.app.state`` (``database``, ``jobs``, ``backups``, ...)."""
     connection = "/api/v1/connections/{id}"
+    analytics_of = "/api/v1/analytics/connections/{id}"
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -183,6 +185,13 @@ def build_routes(config: AppConfig) -> list[BaseRoute]:
         route("/api/v1/csv/export", {"POST": csvdata.export}),
         route("/api/v1/csv/import", {"POST": csvdata.import_csv}),
         route("/api/v1/analytics/connections/{id}", {"GET": analytics.connection_stats}),
+        route(f"{analytics_of}/history", {"GET": analyticsapi.history}),
+        route(f"{analytics_of}/slow-queries", {"GET": analyticsapi.slow_queries}),
+        route(f"{analytics_of}/table-stats", {"GET": analyticsapi.table_stats}),
+        route(f"{analytics_of}/pool-stats", {"GET": analyticsapi.pool_stats}),
+        route(f"{analytics_of}/kill", {"POST": analyticsapi.kill}),
+        route(f"{analytics_of}/query-plan", {"POST": analyticsapi.query_plan}),
+        route(f"{analytics_of}/export-pdf", {"GET": analyticsapi.export_pdf}),
         route("/api/v1/settings", {"GET": uisettings.get_settings, "PUT": uisettings.put_settings}),
         route("/api/v1/settings/reset", {"POST": uisettings.reset_settings}),
         # Jobs: backups, restores, schedules (docs/jobs.md).

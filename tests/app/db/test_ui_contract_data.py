@@ -263,3 +263,83 @@ def test_csv_import_maps_headers_takes_empty_as_null_and_is_all_or_nothing(
     )
     assert status == 422
     assert "'nope'" in refused["detail"]
+
+
+HOSTILE_TABLE = "t\"`'; DROP TABLE victim; --"
+HOSTILE_COLUMN = "c\"`') OR 1=1; --"
+
+
+def test_hostile_names_and_values_are_only_ever_data(api: Api, server: DbServer) -> None:
+    """SQL injection through any name or value: none reaches the database as SQL."""
+    connection = api.create(server)
+    quote = '"' if server.db_type != "mysql" else "`"
+
+    def ident(name: str) -> str:
+        return quote + name.replace(quote, quote * 2) + quote
+
+    api.run(connection, "CREATE TABLE victim (id INTEGER PRIMARY KEY)")
+    api.run(connection, "INSERT INTO victim VALUES (1)")
+    api.run(
+        connection,
+        f"CREATE TABLE {ident(HOSTILE_TABLE)} (id INTEGER PRIMARY KEY, {ident(HOSTILE_COLUMN)} "
+        "VARCHAR(100))",
+    )
+    api.run(connection, f"INSERT INTO {ident(HOSTILE_TABLE)} VALUES (1, 'x')")
+    schema = schema_name(server)
+    evil = "'; DROP TABLE victim; --"
+    data = f"/api/v1/connections/{connection}/data"
+    page = api.ok(
+        "POST",
+        f"{data}/browse",
+        {
+            "schema_name": schema,
+            "table_name": HOSTILE_TABLE,
+            "filters": {HOSTILE_COLUMN: "x"},
+            "sort_column": HOSTILE_COLUMN,
+            "sort_order": "DESC",
+        },
+    )
+    assert page["rows"] == [[1, "x"]]
+    assert (
+        api.ok(
+            "POST",
+            f"{data}/browse",
+            {"schema_name": schema, "table_name": HOSTILE_TABLE, "filters": {HOSTILE_COLUMN: evil}},
+        )["rows"]
+        == []
+    )
+    cell = {
+        "schema_name": schema,
+        "table_name": HOSTILE_TABLE,
+        "column_name": HOSTILE_COLUMN,
+        "row_identifier": {HOSTILE_COLUMN: evil},
+    }
+    assert api.ok("POST", f"{data}/cell", cell)["success"] is False
+    edit = {
+        "table": HOSTILE_TABLE,
+        "schema_name": schema,
+        "primary_key": {"id": 1},
+        "changes": {HOSTILE_COLUMN: evil},
+    }
+    assert api.ok("PUT", f"{data}/row", edit)["success"] is True
+    # A name that is not the table's is refused by name, never spliced into SQL.
+    status, refused = api.call(
+        "POST",
+        f"{data}/browse",
+        {"schema_name": schema, "table_name": "victim", "sort_column": "id; DROP TABLE victim"},
+    )
+    assert status == 422, refused
+    csv_body = {
+        "connection_id": connection,
+        "schema_name": schema,
+        "table_name": HOSTILE_TABLE,
+        "csv_content": f'id,{HOSTILE_COLUMN}\n2,"{evil}"\n',
+        "delimiter": ",",
+    }
+    assert api.ok("POST", "/api/v1/csv/import", csv_body)["rows_imported"] == 1
+
+    stored = api.run(
+        connection, f"SELECT {ident(HOSTILE_COLUMN)} FROM {ident(HOSTILE_TABLE)} ORDER BY id"
+    )["rows"]
+    assert stored == [[evil], [evil]]  # the values, as data
+    assert api.run(connection, "SELECT COUNT(*) FROM victim")["rows"] == [[1]]  # still there

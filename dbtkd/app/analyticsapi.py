@@ -21,6 +21,7 @@ from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.endpoints import JSONResponse, database_of, invalid, read_object
 from dbtkd.app.pdf import text_pdf
+from dbtkd.app.schema import qualified
 
 HOUR = 3600.0
 HISTORY_WINDOW = 3 * HOUR  # the page's range selector goes up to 3 h
@@ -166,9 +167,8 @@ async def table_stats(request: Request) -> Response:
             rows = [list(row) for row in found.rows]
             if profile.db_type == "sqlite":  # exact counts: SQLite keeps no estimate
                 for row in rows:
-                    quoted = '"' + str(row[0]).replace('"', '""') + '"'
                     counted = await engine.execute(
-                        f"SELECT count(*) FROM main.{quoted}",
+                        f"SELECT count(*) FROM {qualified('sqlite', 'main', str(row[0]))}",
                         None,
                         limit=1,
                         offset=0,

@@ -25,7 +25,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError, Engine
+from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError, Engine, QueryResult
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.endpoints import (
     ApiError,
@@ -35,7 +35,7 @@ from dbtkd.app.endpoints import (
     invalid,
     read_object,
 )
-from dbtkd.app.schema import quote_identifier
+from dbtkd.app.schema import qualified, quote_identifier, unavailable
 
 # DataGrid.js shows "view full content" for a string ending in "...": the old backend's cut.
 CELL_PREVIEW_CHARS = 100
@@ -95,9 +95,7 @@ class Table:
         self.db_type = profile.db_type
         self.columns = {c["name"]: c for c in entry.get("columns") or []}
         self.primary_key = list(entry.get("primary_key") or [])
-        self.sql = (
-            f"{quote_identifier(self.db_type, schema)}.{quote_identifier(self.db_type, name)}"
-        )
+        self.sql = qualified(self.db_type, schema, name)
 
     def column(self, name: object, what: str) -> str:
         if not isinstance(name, str) or name not in self.columns:
@@ -107,17 +105,29 @@ class Table:
             )
         return quote_identifier(self.db_type, name)
 
+    def bound(self, name: str, value: Any, number: int) -> tuple[str, Any]:
+        """The SQL for ``value`` as the ``number``-th parameter, and the value to bind.
+        PostgreSQL gets it as text cast to the column's type: the UI sends what the grid
+        showed (a string or a number), whatever the column's type."""
+        marker = placeholder(self.db_type, number)
+        if self.db_type == "postgresql":
+            return f"CAST(CAST({marker} AS text) AS {self.columns[name]['type']})", _as_text(value)
+        return marker, value
+
     def equals(self, name: str, value: Any, number: int) -> tuple[str, list[Any]]:
-        """``column = value`` (``IS NULL`` for null); PostgreSQL gets the value as text cast to
-        the column's type, since the UI sends what the grid showed (a string or a number)."""
+        """``column = value`` (``IS NULL`` for null)."""
         column = self.column(name, "a row identifier")
         if value is None:
             return f"{column} IS NULL", []
-        marker = placeholder(self.db_type, number)
-        if self.db_type == "postgresql":
-            kind = self.columns[name]["type"]
-            return f"{column} = CAST(CAST({marker} AS text) AS {kind})", [_as_text(value)]
-        return f"{column} = {marker}", [value]
+        sql, bound = self.bound(name, value, number)
+        return f"{column} = {sql}", [bound]
+
+
+async def statement(engine: Engine, sql: str, params: list[Any] | None = None) -> QueryResult:
+    """Run one statement whose answer is at most a row (a count, a cell, a change)."""
+    return await engine.execute(
+        sql, params or None, limit=1, offset=0, time_limit=STATEMENT_TIMEOUT
+    )
 
 
 def _as_text(value: Any) -> str:
@@ -197,15 +207,9 @@ async def count(request: Request) -> Response:
     try:
         async with database.sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
             table = await _table(engine, profile, names)
-            result = await engine.execute(
-                f"SELECT COUNT(*) FROM {table.sql}",
-                None,
-                limit=1,
-                offset=0,
-                time_limit=STATEMENT_TIMEOUT,
-            )
+            result = await statement(engine, f"SELECT COUNT(*) FROM {table.sql}")
     except DatabaseError as error:
-        raise ApiError(502, "db_unavailable", error.message) from None
+        raise unavailable(error) from None
     return JSONResponse({"success": True, "count": int(result.rows[0][0])})
 
 
@@ -226,12 +230,8 @@ async def cell(request: Request) -> Response:
                 clause, values = table.equals(name, value, len(params) + 1)
                 clauses.append(clause)
                 params.extend(values)
-            result = await engine.execute(
-                f"SELECT {wanted} FROM {table.sql} WHERE " + " AND ".join(clauses),
-                params or None,
-                limit=1,
-                offset=0,
-                time_limit=STATEMENT_TIMEOUT,
+            result = await statement(
+                engine, f"SELECT {wanted} FROM {table.sql} WHERE " + " AND ".join(clauses), params
             )
     except DatabaseError as error:
         return JSONResponse({"success": False, "error": error.message})
@@ -263,13 +263,7 @@ def _key_clause(table: Table, key: dict[str, Any], first: int = 1) -> tuple[str,
 async def _check_one_row(engine: Engine, table: Table, key: dict[str, Any]) -> None:
     """Refuse an edit unless exactly one row matches ``key`` (404 none, 409 several)."""
     where, params = _key_clause(table, key)
-    found = await engine.execute(
-        f"SELECT COUNT(*) FROM {table.sql} WHERE {where}",
-        params or None,
-        limit=1,
-        offset=0,
-        time_limit=STATEMENT_TIMEOUT,
-    )
+    found = await statement(engine, f"SELECT COUNT(*) FROM {table.sql} WHERE {where}", params)
     matches = int(found.rows[0][0])
     described = ", ".join(f"{k} = {v!r}" for k, v in key.items())
     if matches == 0:
@@ -301,23 +295,16 @@ async def update_row(request: Request) -> Response:
                 if value is None:
                     assignments.append(f"{column} = NULL")
                     continue
-                marker = placeholder(table.db_type, len(values) + 1)
-                if table.db_type == "postgresql":
-                    kind = table.columns[name]["type"]
-                    assignments.append(f"{column} = CAST(CAST({marker} AS text) AS {kind})")
-                    values.append(_as_text(value))
-                else:
-                    assignments.append(f"{column} = {marker}")
-                    values.append(value)
+                sql, bound = table.bound(name, value, len(values) + 1)
+                assignments.append(f"{column} = {sql}")
+                values.append(bound)
             await _check_one_row(engine, table, target["key"])
             # The key's markers come after the values' (PostgreSQL numbers them).
             where, key_values = _key_clause(table, target["key"], len(values) + 1)
-            await engine.execute(
+            await statement(
+                engine,
                 f"UPDATE {table.sql} SET {', '.join(assignments)} WHERE {where}",
-                [*values, *key_values] or None,
-                limit=1,
-                offset=0,
-                time_limit=STATEMENT_TIMEOUT,
+                [*values, *key_values],
             )
     except DatabaseError as error:
         raise ApiError(400, "database_refused", error.message) from None
@@ -333,13 +320,7 @@ async def delete_row(request: Request) -> Response:
             table = await _table(engine, profile, target)
             await _check_one_row(engine, table, target["key"])
             where, key_values = _key_clause(table, target["key"])
-            await engine.execute(
-                f"DELETE FROM {table.sql} WHERE {where}",
-                key_values or None,
-                limit=1,
-                offset=0,
-                time_limit=STATEMENT_TIMEOUT,
-            )
+            await statement(engine, f"DELETE FROM {table.sql} WHERE {where}", key_values)
     except DatabaseError as error:
         raise ApiError(400, "database_refused", error.message) from None
     return JSONResponse({"success": True, "message": "Row deleted successfully"})

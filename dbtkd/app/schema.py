@@ -33,7 +33,8 @@ from dbtkd.app.responses import describe
 SAMPLE_ROWS = 5
 
 
-def _unavailable(error: DatabaseError) -> ApiError:
+def unavailable(error: DatabaseError) -> ApiError:
+    """A database that cannot answer a read the UI would cache: 502 with its words."""
     return ApiError(502, "db_unavailable", error.message)
 
 
@@ -94,7 +95,7 @@ async def tree(request: Request) -> Response:
         async with sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
             schemas = await engine.schema()
     except DatabaseError as error:
-        raise _unavailable(error) from None
+        raise unavailable(error) from None
     return JSONResponse({**document, "schemas": keyed_tree(schemas), "error": None})
 
 
@@ -117,7 +118,7 @@ async def table(request: Request) -> Response:
                     time_limit=METADATA_TIMEOUT,
                 )
     except DatabaseError as error:
-        raise _unavailable(error) from None
+        raise unavailable(error) from None
     if found is None or sample is None:
         raise ApiError(
             404,

@@ -5,38 +5,47 @@ The UI sends the editor's text and saves ``csv_content`` as a file: ``{connectio
 table, delimiter (one character), include_headers}`` → ``{csv_content, row_count}``. Values are
 written in the same text forms as query results (the API's value encodings), NULL as an empty
 field, minimal quoting, CRLF line ends (Python's ``csv`` defaults, as the old backend wrote).
-The whole result is read, up to ``MAX_EXPORT_ROWS`` rows: past that the export is refused with
-413 rather than cut silently. A database's refusal is 400 with its words in ``detail`` (the
-UI's toast shows it).
+The whole result is exported, streamed: the engine hands over ``EXPORT_BATCH_ROWS`` rows at a
+time (a server-side cursor on PostgreSQL, unbuffered reads on MySQL, ``fetchmany`` on
+SQLite), each batch is written as CSV, escaped as JSON and sent, so the worker never holds more
+than a batch, whatever the result's size. A database's refusal before the first row is 400 with
+its words in ``detail`` (the UI's toast shows it); one after it (the connection lost midway) or
+a file past ``MAX_EXPORT_BYTES`` ends the response unfinished, so the UI reports a failure and
+saves nothing, rather than a cut file.
 
 Import (§6.2, D6): ``{connection_id, schema_name, table_name, csv_content, delimiter,
 has_headers}`` → ``{success, rows_imported, failed, errors, total_errors}``. Headers map to
 columns by name (exact, then case-insensitive; an unknown header is 422 naming it); without
 headers fields map to the table's columns in order. Fields arrive as text, an empty one is
 NULL, and the database converts the rest. All or nothing: the rows go in as multi-row INSERTs
-inside one transaction, and a refusal rolls it back and answers 400 naming the lines. The file
-travels inside the JSON body, so the 1 MiB body limit caps an import at about 1 MiB (413):
-kept, since a bigger import belongs in a restore or the database's own loader.
+inside one transaction on the session's ``edit`` connection (never the user's transaction), and
+a refusal rolls it back and answers 400 naming the lines. The file travels inside the JSON
+body, which this route alone takes up to 64 MiB (``security.LARGE_BODY_ROUTES``; 413 past it).
+The body's bytes are dropped once decoded, and the text is parsed line by line and inserted
+``MAX_ROWS_PER_INSERT`` rows at a time: beyond the text itself, memory stays flat.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from dbtkd.app.data import placeholder, schema_of
+from dbtkd.app.data import placeholder, schema_of, transaction
 from dbtkd.app.db.engine import DatabaseError
-from dbtkd.app.endpoints import ApiError, JSONResponse, database_of, invalid, read_object
+from dbtkd.app.db.profiles import Profile
+from dbtkd.app.db.sessions import Sessions
+from dbtkd.app.endpoints import ApiError, JSONResponse, database_of, invalid, parse_object
 from dbtkd.app.events import publish
 from dbtkd.app.schema import qualified, quote_identifier
 
-# A file the UI holds in memory as one string and saves; past this, a backup is the tool.
-MAX_EXPORT_ROWS = 200_000
+# The UI holds the file as one string: past this it could not (V8 strings stop near 512 MiB).
+MAX_EXPORT_BYTES = 256 * 1024 * 1024
+EXPORT_BATCH_ROWS = 2_000
 EXPORT_TIMEOUT = 300.0
 # Under SQLite's 32,766 bound variables per statement (PostgreSQL and MySQL allow 65,535).
 MAX_PARAMETERS = 30_000
@@ -57,39 +66,92 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+class _Pieces:
+    """A ``csv.writer`` target that hands back what was written since the last ``take``."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.pieces.append(text)
+
+    def take(self) -> str:
+        text, self.pieces = "".join(self.pieces), []
+        return text
+
+
+class ExportBrokenError(Exception):
+    """The export failed after its first bytes were sent: the response ends unfinished."""
+
+
+class _ExportResponse(Response):
+    """``{"csv_content": "...", "row_count": n}`` written as the rows arrive."""
+
+    def __init__(
+        self, sessions: Sessions, profile: Profile, query: str, delimiter: str, headers: bool
+    ) -> None:
+        self.sessions, self.profile, self.query = sessions, profile, query
+        self.delimiter, self.include_headers = delimiter, headers
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from dbtkd.app.db.values import dumps
+
+        out = _Pieces()
+        writer = csv.writer(out, delimiter=self.delimiter)
+        sent = 0
+
+        async def sink(columns: list[dict[str, str]], rows: list[list[Any]]) -> None:
+            nonlocal sent
+            if not sent:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send(
+                    {"type": "http.response.body", "body": b'{"csv_content":"', "more_body": True}
+                )
+                sent = 1
+                if self.include_headers:
+                    writer.writerow([column["name"] for column in columns])
+            writer.writerows([_text(value) for value in row] for row in rows)
+            chunk = dumps(out.take())[1:-1]  # the text as the inside of a JSON string
+            sent += len(chunk)
+            if sent > MAX_EXPORT_BYTES:
+                raise ExportBrokenError(
+                    f"export stopped: past {MAX_EXPORT_BYTES // 2**20} MiB the app cannot hold "
+                    "the file; narrow the query or make a backup"
+                )
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        try:
+            async with self.sessions.use(self.profile, "query", wait=EXPORT_TIMEOUT) as engine:
+                count = await engine.stream(
+                    self.query, None, batch=EXPORT_BATCH_ROWS, time_limit=EXPORT_TIMEOUT, sink=sink
+                )
+        except DatabaseError as error:
+            if not sent:
+                raise ApiError(400, "database_refused", error.message) from None
+            raise ExportBrokenError(f"export stopped midway: {error.message}") from None
+        tail = f'","row_count":{count}}}'.encode()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
 async def export(request: Request) -> Response:
-    body = await read_object(request)
+    body = parse_object(await request.body())
     connection_id, query = body.get("connection_id"), body.get("query")
     if not isinstance(connection_id, str):
         raise invalid(f"expected connection_id of a saved connection; got {connection_id!r:.60}")
     if not isinstance(query, str) or not query.strip():
         raise invalid("expected query to be the SQL whose result to export; got none")
-    delimiter = body.get("delimiter", ",")
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
-        raise invalid(f"expected delimiter to be one character; got {delimiter!r:.10}")
-    headers = body.get("include_headers", True)
+    delimiter = check_delimiter(body.get("delimiter", ","))
     database = database_of(request)
     profile = await database.profiles.get(connection_id)
-    try:
-        async with database.sessions.use(profile, "query", wait=EXPORT_TIMEOUT) as engine:
-            result = await engine.execute(
-                query, None, limit=MAX_EXPORT_ROWS, offset=0, time_limit=EXPORT_TIMEOUT
-            )
-    except DatabaseError as error:
-        raise ApiError(400, "database_refused", error.message) from None
-    if result.has_more:
-        raise ApiError(
-            413,
-            "export_too_large",
-            f"expected at most {MAX_EXPORT_ROWS} rows to export; the result has more (add a "
-            "WHERE or LIMIT, or make a backup)",
-        )
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter=delimiter)
-    if headers is not False:
-        writer.writerow([column["name"] for column in result.columns])
-    writer.writerows([_text(value) for value in row] for row in result.rows)
-    return JSONResponse({"csv_content": out.getvalue(), "row_count": len(result.rows)})
+    headers = body.get("include_headers", True) is not False
+    return _ExportResponse(database.sessions, profile, query, delimiter, headers)
 
 
 def _columns(header: list[str], names: list[str]) -> list[str]:
@@ -107,21 +169,39 @@ def _columns(header: list[str], names: list[str]) -> list[str]:
     return mapped
 
 
+async def _read_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, its bytes dropped as soon as they are decoded."""
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+    return parse_object(received)
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text`` line by line, each with its line end (as ``csv.reader`` reads a file)."""
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find("\n", start)
+        end = size if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
 async def import_csv(request: Request) -> Response:
-    body = await read_object(request)
-    connection_id, content = body.get("connection_id"), body.get("csv_content")
+    body = await _read_body(request)
+    connection_id, content = body.pop("connection_id", None), body.pop("csv_content", None)
     if not isinstance(connection_id, str):
         raise invalid(f"expected connection_id of a saved connection; got {connection_id!r:.60}")
     if not isinstance(content, str):
         raise invalid("expected csv_content to be the file's text")
     delimiter = check_delimiter(body.get("delimiter") or ",")
-    records = list(csv.reader(io.StringIO(content), delimiter=delimiter))
+    reader = csv.reader(_lines(content), delimiter=delimiter)
     database = database_of(request)
     profile = await database.profiles.get(connection_id)
     schema = schema_of(profile, str(body.get("schema_name") or ""))
     table_name = str(body.get("table_name") or "")
     try:
-        async with database.sessions.use(profile, "query", wait=EXPORT_TIMEOUT) as engine:
+        async with database.sessions.use(profile, "edit", wait=EXPORT_TIMEOUT) as engine:
             entry = await engine.table(schema, table_name)
             if entry is None:
                 raise ApiError(
@@ -130,22 +210,14 @@ async def import_csv(request: Request) -> Response:
                     f"expected a table of the schema tree; got {schema}.{table_name}",
                 )
             names = [c["name"] for c in entry.get("columns") or []]
-            first_line = 1
-            if body.get("has_headers", True) is not False and records:
-                columns = _columns(records[0], names)
-                records, first_line = records[1:], 2
-            else:
-                columns = names
-            rows = [r for r in records if r]  # a blank line is no row
-            for number, row in enumerate(rows):
-                if len(row) != len(columns):
-                    raise invalid(
-                        f"expected {len(columns)} fields on every line; line "
-                        f"{number + first_line} has {len(row)}"
-                    )
-            imported = await _insert(
-                engine, profile.db_type, schema, table_name, columns, rows, first_line
-            )
+            columns = names
+            if body.get("has_headers", True) is not False:
+                header = next(reader, None)
+                if header is not None:
+                    columns = _columns(header, names)
+            target = _Target(profile.db_type, qualified(profile.db_type, schema, table_name))
+            async with transaction(engine, EXPORT_TIMEOUT):
+                imported = await target.insert(engine, columns, reader)
     except DatabaseError as error:
         raise ApiError(400, "database_refused", error.message) from None
     publish(request.app, "schema_changed", connection_id=profile.id)  # the UI refreshes it
@@ -154,50 +226,59 @@ async def import_csv(request: Request) -> Response:
     )
 
 
-async def _insert(
-    engine: Any,
-    db_type: str,
-    schema: str,
-    table: str,
-    columns: list[str],
-    rows: list[list[str]],
-    first_line: int,
-) -> int:
-    """Insert ``rows`` in one transaction (all or nothing); the number inserted."""
-    if not rows:
-        return 0
-    target = qualified(db_type, schema, table)
-    names = ", ".join(quote_identifier(db_type, c) for c in columns)
-    per_statement = max(1, min(MAX_ROWS_PER_INSERT, MAX_PARAMETERS // max(1, len(columns))))
-    await engine.execute("BEGIN", None, limit=1, offset=0, time_limit=EXPORT_TIMEOUT)
-    try:
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            params: list[Any] = []
-            groups = []
-            for row in chunk:
-                markers = []
-                for field in row:
-                    params.append(None if field == "" else field)
-                    markers.append(placeholder(db_type, len(params)))
-                groups.append("(" + ", ".join(markers) + ")")
-            try:
-                await engine.execute(
-                    f"INSERT INTO {target} ({names}) VALUES {', '.join(groups)}",
-                    params,
-                    limit=1,
-                    offset=0,
-                    time_limit=EXPORT_TIMEOUT,
+class _Target:
+    """Where an import's rows go: multi-row INSERTs into one table of one engine."""
+
+    def __init__(self, db_type: str, table_sql: str) -> None:
+        self.db_type, self.table_sql = db_type, table_sql
+
+    async def insert(self, engine: Any, columns: list[str], reader: Any) -> int:
+        """Insert every row ``reader`` gives, in chunks; the number inserted. The caller's
+        transaction makes it all or nothing."""
+        names = ", ".join(quote_identifier(self.db_type, c) for c in columns)
+        per_statement = max(1, min(MAX_ROWS_PER_INSERT, MAX_PARAMETERS // max(1, len(columns))))
+        total = 0
+        chunk: list[list[str]] = []
+        first_line = reader.line_num + 1
+        for row in reader:
+            if not row:
+                continue  # a blank line is no row
+            if len(row) != len(columns):
+                raise invalid(
+                    f"expected {len(columns)} fields on every line; line {reader.line_num} has "
+                    f"{len(row)}, so nothing was imported"
                 )
-            except DatabaseError as error:
-                lines = f"{start + first_line}-{start + first_line + len(chunk) - 1}"
-                raise DatabaseError(
-                    f"the import of lines {lines} was refused, so nothing was imported: "
-                    f"{error.message}"
-                ) from None
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            await engine.execute("ROLLBACK", None, limit=1, offset=0, time_limit=EXPORT_TIMEOUT)
-        raise
-    await engine.execute("COMMIT", None, limit=1, offset=0, time_limit=EXPORT_TIMEOUT)
-    return len(rows)
+            chunk.append(row)
+            if len(chunk) == per_statement:
+                await self._statement(engine, names, chunk, first_line, reader.line_num)
+                total += len(chunk)
+                chunk, first_line = [], reader.line_num + 1
+        if chunk:
+            await self._statement(engine, names, chunk, first_line, reader.line_num)
+            total += len(chunk)
+        return total
+
+    async def _statement(
+        self, engine: Any, names: str, rows: list[list[str]], first: int, last: int
+    ) -> None:
+        params: list[Any] = []
+        groups = []
+        for row in rows:
+            markers = []
+            for field in row:
+                params.append(None if field == "" else field)
+                markers.append(placeholder(self.db_type, len(params)))
+            groups.append("(" + ", ".join(markers) + ")")
+        try:
+            await engine.execute(
+                f"INSERT INTO {self.table_sql} ({names}) VALUES {', '.join(groups)}",
+                params,
+                limit=1,
+                offset=0,
+                time_limit=EXPORT_TIMEOUT,
+            )
+        except DatabaseError as error:
+            raise DatabaseError(
+                f"the import of lines {first}-{last} was refused, so nothing was imported: "
+                f"{error.message}"
+            ) from None

@@ -12,16 +12,21 @@ characters to 100 plus ``...``, the marker the grid shows a "view full content" 
 (``data/cell`` gives the whole value). A database's refusal is ``{success: false, error}``.
 
 A row edit takes ``schema`` or ``schema_name`` (D5) and the UI's row key (the grid's first
-column, not always a key): it is refused unless exactly one row matches (404 none, 409 several,
-checked on the same session just before the statement), column names must exist (422), a
-``null`` value is SQL NULL, and a database's refusal is 400 with its words in ``detail`` (the
-UI toasts any 2xx as success).
+column, not always a key). It runs in its own transaction on the session's ``edit``
+connection (never inside a transaction the user has open in the editor), and that transaction
+commits only if the statement changed exactly one row: none is 404, several are 409, and both
+roll back, so no check can go stale between a count and the change. Column names must exist
+(422), a ``null`` value is SQL NULL, and a database's refusal is 400 with its words in
+``detail`` (the UI toasts any 2xx as success).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -260,20 +265,30 @@ def _key_clause(table: Table, key: dict[str, Any], first: int = 1) -> tuple[str,
     return " AND ".join(clauses), params
 
 
-async def _check_one_row(engine: Engine, table: Table, key: dict[str, Any]) -> None:
-    """Refuse an edit unless exactly one row matches ``key`` (404 none, 409 several)."""
-    where, params = _key_clause(table, key)
-    found = await statement(engine, f"SELECT COUNT(*) FROM {table.sql} WHERE {where}", params)
-    matches = int(found.rows[0][0])
+@contextlib.asynccontextmanager
+async def transaction(engine: Engine, time_limit: float = STATEMENT_TIMEOUT) -> AsyncIterator[None]:
+    """``BEGIN`` … ``COMMIT``; any exception (a refusal, a cancelled request) rolls back."""
+    await engine.execute("BEGIN", None, limit=1, offset=0, time_limit=time_limit)
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True), contextlib.suppress(DatabaseError):
+            await engine.execute("ROLLBACK", None, limit=1, offset=0, time_limit=time_limit)
+        raise
+    await engine.execute("COMMIT", None, limit=1, offset=0, time_limit=time_limit)
+
+
+def check_one_row(changed: int | None, key: dict[str, Any]) -> None:
+    """Refuse (and so roll back) an edit that changed other than one row: 404 none, 409 more."""
     described = ", ".join(f"{k} = {v!r}" for k, v in key.items())
-    if matches == 0:
-        raise ApiError(404, "not_found", f"no row has {described}")
-    if matches > 1:
+    if not changed:
+        raise ApiError(404, "not_found", f"no row has {described}; nothing was changed")
+    if changed > 1:
         raise ApiError(
             409,
             "not_unique",
-            f"{described} matches {matches} rows; edit refused (the first column is not a "
-            "unique key)",
+            f"{described} matches {changed} rows; the edit was rolled back (the first column "
+            "is not a unique key)",
         )
 
 
@@ -286,7 +301,7 @@ async def update_row(request: Request) -> Response:
     if not isinstance(changes, dict) or not changes:
         raise ApiError(400, "bad_request", "No changes provided")
     try:
-        async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
+        async with database.sessions.use(profile, "edit", wait=STATEMENT_TIMEOUT) as engine:
             table = await _table(engine, profile, target)
             assignments: list[str] = []
             values: list[Any] = []
@@ -298,14 +313,15 @@ async def update_row(request: Request) -> Response:
                 sql, bound = table.bound(name, value, len(values) + 1)
                 assignments.append(f"{column} = {sql}")
                 values.append(bound)
-            await _check_one_row(engine, table, target["key"])
             # The key's markers come after the values' (PostgreSQL numbers them).
             where, key_values = _key_clause(table, target["key"], len(values) + 1)
-            await statement(
-                engine,
-                f"UPDATE {table.sql} SET {', '.join(assignments)} WHERE {where}",
-                [*values, *key_values],
-            )
+            async with transaction(engine):
+                changed = await statement(
+                    engine,
+                    f"UPDATE {table.sql} SET {', '.join(assignments)} WHERE {where}",
+                    [*values, *key_values],
+                )
+                check_one_row(changed.rows_affected, target["key"])
     except DatabaseError as error:
         raise ApiError(400, "database_refused", error.message) from None
     return JSONResponse({"success": True, "message": "Row updated successfully"})
@@ -316,11 +332,14 @@ async def delete_row(request: Request) -> Response:
     profile = await database.profiles.get(request.path_params["id"])
     target = _row_target(await read_object(request))
     try:
-        async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
+        async with database.sessions.use(profile, "edit", wait=STATEMENT_TIMEOUT) as engine:
             table = await _table(engine, profile, target)
-            await _check_one_row(engine, table, target["key"])
             where, key_values = _key_clause(table, target["key"])
-            await statement(engine, f"DELETE FROM {table.sql} WHERE {where}", key_values)
+            async with transaction(engine):
+                changed = await statement(
+                    engine, f"DELETE FROM {table.sql} WHERE {where}", key_values
+                )
+                check_one_row(changed.rows_affected, target["key"])
     except DatabaseError as error:
         raise ApiError(400, "database_refused", error.message) from None
     return JSONResponse({"success": True, "message": "Row deleted successfully"})

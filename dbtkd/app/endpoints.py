@@ -82,7 +82,11 @@ def database_of(connection: HTTPConnection) -> Database:
 
 async def read_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object (an empty body is ``{}``)."""
-    body = await request.body()
+    return parse_object(await request.body())
+
+
+def parse_object(body: bytes | bytearray) -> dict[str, Any]:
+    """``body`` as a JSON object (empty is ``{}``), or the API's 400 saying why not."""
     if not body.strip():
         return {}
     try:

@@ -31,6 +31,10 @@ BEARER_SUBPROTOCOL_PREFIX = "dbtk.bearer."
 # Requests are JSON documents (a connection, a query); 1 MiB is far above any of them and low
 # enough that a hostile page cannot make the worker buffer much.
 MAX_BODY_BYTES = 1024 * 1024
+# A CSV import travels as the file's text inside its JSON body (UI-CONTRACT §6.2): that route
+# alone takes up to 64 MiB, about a million rows of a dozen short columns. The import reads it
+# once and inserts it in chunks (csvdata), so the worker holds the text, not rows of it.
+LARGE_BODY_ROUTES = {"/api/v1/csv/import": 64 * 1024 * 1024}
 # Origins that identify no one (sandboxed iframes, local files): refused whatever the
 # configured allowlist says.
 NEVER_ALLOWED_ORIGINS = frozenset({"null", "file://"})
@@ -248,6 +252,7 @@ class _HttpGate:
         self.response_started = False
         self.refused = False  # the gate answered; the app's own response goes nowhere
         self.body_bytes = 0
+        self.max_body = LARGE_BODY_ROUTES.get(scope["path"], MAX_BODY_BYTES)
         self.json_body = _is_json(self.headers.get(b"content-type", []))
         self.body_expected = _declares_body(self.headers)
         self.body_finished = False  # the last http.request (more_body False) was received
@@ -326,7 +331,8 @@ class _HttpGate:
         )
 
     def check_body_headers(self) -> Refusal | None:
-        """Steps 5-6 from the headers: JSON bodies only (415), at most 1 MiB declared (413).
+        """Steps 5-6 from the headers: JSON bodies only (415), at most 1 MiB declared (413;
+        64 MiB for a CSV import).
 
         Forms and text/plain are what a hostile page can POST without a preflight; refusing
         every non-JSON body closes that door for routes that ignore the body too.
@@ -338,7 +344,7 @@ class _HttpGate:
         declared = int(lengths[0]) if lengths else None
         if self.body_expected and not self.json_body:
             return self.unsupported_media_type()
-        if declared is not None and declared > MAX_BODY_BYTES:
+        if declared is not None and declared > self.max_body:
             return self.too_large(f"Content-Length {declared}")
         return None
 
@@ -356,12 +362,12 @@ class _HttpGate:
             f"expected Content-Type application/json for a request body; got {got}",
         )
 
-    @staticmethod
-    def too_large(got: str) -> Refusal:
+    def too_large(self, got: str) -> Refusal:
         return Refusal(
             413,
             "payload_too_large",
-            f"expected a request body of at most {MAX_BODY_BYTES} bytes (1 MiB); got {got}",
+            f"expected a request body of at most {self.max_body} bytes "
+            f"({self.max_body // MAX_BODY_BYTES} MiB); got {got}",
         )
 
     # -- guarded I/O --------------------------------------------------------------------------
@@ -379,8 +385,8 @@ class _HttpGate:
             # to be JSON.
             if not self.json_body:
                 refusal = self.unsupported_media_type()
-            elif self.body_bytes > MAX_BODY_BYTES:
-                refusal = self.too_large(f"more than {MAX_BODY_BYTES} bytes")
+            elif self.body_bytes > self.max_body:
+                refusal = self.too_large(f"more than {self.max_body} bytes")
             if refusal is not None:
                 if not self.response_started:
                     await self.answer(refusal)

@@ -53,17 +53,19 @@ window.result = (async () => {
     const ws = await client.openSocket('backups');
     out.ws = await new Promise((resolve) => {
       const timer = setTimeout(() => resolve({ ok: false, error: 'no backup_update in 15 s', seen: window.seen }), 15000);
-      ws.onopen = async () => {
-        const started = await client.apiFetch('/backups', {
+      // The stream may announce the backup before the POST's answer arrives: wait for both.
+      let posted = null;
+      ws.onopen = () => {
+        posted = client.apiFetch('/backups', {
           method: 'POST',
           headers: { 'Content-Type': 'application/json' },
           body: JSON.stringify({ connection_id: connection.id, name: 'from-renderer' }),
-        });
-        out.backupStatus = started.status;
+        }).then((started) => { out.backupStatus = started.status; });
       };
-      ws.onmessage = (event) => {
+      ws.onmessage = async (event) => {
         const message = JSON.parse(event.data); (window.seen = window.seen || []).push(message.type);
         if (message.type !== 'backup_update') return;
+        await posted;
         clearTimeout(timer);
         resolve({ ok: true, protocol: ws.protocol, type: message.type });
         ws.close();

@@ -16,6 +16,7 @@ The thread is never abandoned, so a connection is never used by two threads at o
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ METADATA_TIMEOUT = 30 * SECONDS
 
 T = TypeVar("T")
 Params = Sequence[Any] | dict[str, Any] | None
+# Receives a streamed result batch by batch: (its columns, the batch's JSON-ready rows).
+RowSink = Callable[[list[dict[str, str]], list[list[Any]]], Awaitable[None]]
 
 
 class DatabaseError(Exception):
@@ -100,7 +103,7 @@ class Engine(ABC):
     @abstractmethod
     async def open(cls, profile: Profile, purpose: str = "query") -> Engine:
         """Connect (within ``CONNECT_TIMEOUT``) or raise ``DatabaseError``. ``purpose``
-        ("query", "metadata") names the connection where the server lists its clients."""
+        ("query", "metadata", "edit") names the connection where the server lists its clients."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -117,6 +120,15 @@ class Engine(ABC):
         """Run ``query`` as written; fetch at most ``offset + limit + 1`` rows of its result."""
 
     @abstractmethod
+    async def stream(
+        self, query: str, params: Params, *, batch: int, time_limit: float, sink: RowSink
+    ) -> int:
+        """Run one statement and hand its whole result to ``sink``, ``batch`` rows at a time,
+        never holding more than a batch; return the number of rows. ``sink`` is called at
+        least once, so an empty result still gives its columns. ``time_limit`` covers the
+        whole, the sink's time included. If the sink raises, the statement is ended."""
+
+    @abstractmethod
     async def server_version(self) -> str: ...
 
     @abstractmethod
@@ -130,6 +142,15 @@ class Engine(ABC):
     @abstractmethod
     async def stats(self) -> dict[str, Any]:
         """Live statistics (rates such as queries per second are since the previous call)."""
+
+
+def time_left(deadline: float, time_limit: float) -> float:
+    """Seconds until ``deadline`` (a ``time.monotonic`` value) for a statement allowed
+    ``time_limit`` in all; past it, the statement's timeout error."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise QueryTimeoutError(time_limit, "it was stopped between two batches of rows")
+    return left
 
 
 async def run_blocking(

@@ -39,8 +39,10 @@ from dbtkd.app.db.engine import (
     Engine,
     Params,
     QueryResult,
+    RowSink,
     run_blocking,
     split_page,
+    time_left,
 )
 from dbtkd.app.db.mycatalog import describe_tables, read_stats
 from dbtkd.app.db.profiles import Profile
@@ -161,7 +163,10 @@ class MysqlEngine(Engine):
                 connect_timeout=CONNECT_TIMEOUT,
                 charset="utf8mb4",
                 autocommit=True,  # like the mysql client: each statement commits
-                client_flag=CLIENT.MULTI_STATEMENTS,
+                # The daemon's own edits check that exactly one row matched: with FOUND_ROWS
+                # an UPDATE that leaves a row as it was still counts it.
+                client_flag=CLIENT.MULTI_STATEMENTS
+                | (CLIENT.FOUND_ROWS if purpose == "edit" else 0),
                 local_infile=False,  # LOAD DATA LOCAL lets a server read client files
                 program_name=f"dbtk-{purpose}",
             )
@@ -287,6 +292,56 @@ class MysqlEngine(Engine):
         columns = [column for column, _ in described]
         converters = [converter for _, converter in described]
         return QueryResult(columns, encode_rows(rows, converters), None, has_more)
+
+    async def stream(
+        self, query: str, params: Params, *, batch: int, time_limit: float, sink: RowSink
+    ) -> int:
+        pymysql = _pymysql()
+        args: Any = params if isinstance(params, dict) or params is None else tuple(params)
+        deadline = time.monotonic() + time_limit
+        cursor = self._connection.cursor(pymysql.cursors.SSCursor)
+        finished = False
+
+        def start() -> None:
+            cursor.execute(query, args)
+            while cursor.description is None and cursor.nextset():
+                pass  # a script's first statements without rows ("SET @x = 1; SELECT @x")
+
+        try:
+            await self._run(start, time_limit)
+            description = list(cursor.description or ())
+            fields = getattr(cursor._result, "fields", None) or [None] * len(description)
+            described = [_column(f, d) for f, d in zip(fields, description, strict=True)]
+            columns = [column for column, _ in described]
+            converters = [converter for _, converter in described]
+            total = 0
+            while True:
+                fetched = await self._run(
+                    lambda: list(cursor.fetchmany(batch)) if columns else [],
+                    time_left(deadline, time_limit),
+                )
+                await sink(columns, encode_rows(fetched, converters))
+                total += len(fetched)
+                if len(fetched) < batch:
+                    finished = True
+                    return total
+        finally:
+
+            def end() -> None:
+                # Read to the end of every result set (later statements still run); a result
+                # the sink gave up on is killed rather than read.
+                if not finished:
+                    self._end_early(cursor)
+                _drain(cursor)
+                while cursor.nextset():
+                    _drain(cursor)
+                cursor.close()
+
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(end)
+                except Exception:
+                    self._broken = True  # the protocol is in an unknown place: reconnect
 
     @staticmethod
     def _read_page(cursor: Any, limit: int, offset: int) -> tuple[list[Any], list[Any], list[Any]]:

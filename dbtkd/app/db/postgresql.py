@@ -38,6 +38,7 @@ from dbtkd.app.db.engine import (
     Params,
     QueryResult,
     QueryTimeoutError,
+    RowSink,
     split_page,
 )
 from dbtkd.app.db.pgcatalog import describe_tables, read_stats
@@ -278,16 +279,7 @@ class PostgresEngine(Engine):
             # tag but no rows.
             status = await connection.execute(query)
             return QueryResult(rows_affected=rows_affected(status, counts_select=False))
-        statement = await connection.prepare(query)
-        types = statement.get_parameters()
-        if len(types) != len(params):
-            raise DatabaseError(
-                f"expected {len(types)} parameter(s) for this statement; got {len(params)}"
-            )
-        arguments = [
-            _coerce_parameter(value, data_type, position)
-            for position, (value, data_type) in enumerate(zip(params, types, strict=True), 1)
-        ]
+        statement, arguments = await self._prepare(query, params)
         attributes = statement.get_attributes()
         if not attributes:
             await statement.fetch(*arguments)
@@ -308,6 +300,62 @@ class PostgresEngine(Engine):
         columns = [{"name": a.name, "type": _type_label(a.type)} for a in attributes]
         converters = [_converter(a.type) for a in attributes]
         return QueryResult(columns, encode_rows(page, converters), None, has_more)
+
+    async def _prepare(self, query: str, params: list[Any]) -> tuple[Any, list[Any]]:
+        """The prepared statement and ``params`` coerced to its parameters' types."""
+        statement = await self._connection.prepare(query)
+        types = statement.get_parameters()
+        if len(types) != len(params):
+            raise DatabaseError(
+                f"expected {len(types)} parameter(s) for this statement; got {len(params)}"
+            )
+        arguments = [
+            _coerce_parameter(value, data_type, position)
+            for position, (value, data_type) in enumerate(zip(params, types, strict=True), 1)
+        ]
+        return statement, arguments
+
+    async def stream(
+        self, query: str, params: Params, *, batch: int, time_limit: float, sink: RowSink
+    ) -> int:
+        if isinstance(params, dict):
+            raise DatabaseError(
+                "PostgreSQL takes positional parameters ($1, $2, ...): pass params as a list"
+            )
+        return await self._guarded(  # type: ignore[no-any-return]
+            lambda: self._stream(query, list(params or ()), batch, sink), time_limit
+        )
+
+    async def _stream(self, query: str, params: list[Any], batch: int, sink: RowSink) -> int:
+        statement, arguments = await self._prepare(query, params)  # one statement only
+        attributes = statement.get_attributes()
+        if not attributes:
+            await statement.fetch(*arguments)
+            await sink([], [])
+            return 0
+        columns = [{"name": a.name, "type": _type_label(a.type)} for a in attributes]
+        converters = [_converter(a.type) for a in attributes]
+        # A cursor lives in a transaction: the user's own if one is open, else ours.
+        transaction = None
+        if not self._connection.is_in_transaction():
+            transaction = self._connection.transaction()
+            await transaction.start()
+        total = 0
+        try:
+            cursor = await statement.cursor(*arguments)
+            while True:
+                fetched = await cursor.fetch(batch)
+                await sink(columns, encode_rows(fetched, converters))
+                total += len(fetched)
+                if len(fetched) < batch:
+                    break
+        except BaseException:
+            if transaction is not None:
+                await self._roll_back(transaction)
+            raise
+        if transaction is not None:
+            await transaction.commit()
+        return total
 
     async def _roll_back(self, transaction: Any) -> None:
         """Roll back our transaction even while the request is being cancelled (a timeout):

@@ -1,10 +1,13 @@
-"""Open connections per saved connection: one for the user's SQL, one for metadata.
+"""Open connections per saved connection: the user's SQL, metadata, and the daemon's own edits.
 
-A ``Session`` holds up to two engines for one profile. The ``query`` connection runs what the
+A ``Session`` holds up to three engines for one profile. The ``query`` connection runs what the
 user types, one statement at a time, and keeps its session state between requests (``BEGIN`` in
 one request, ``COMMIT`` in the next; temporary tables; ``SET``). The ``metadata`` connection
 reads the schema and the statistics, so a long query does not freeze the schema tree or the
-monitoring panel. Each is opened on first use (or by ``connect``), checked before every use and
+monitoring panel. The ``edit`` connection runs the changes the daemon makes in its own
+transactions (row edits, CSV imports): on the ``query`` connection their ``COMMIT`` would
+commit, and their ``ROLLBACK`` undo, a transaction the user has open in the editor. Each is
+opened on first use (or by ``connect``), checked before every use and
 reopened if the server dropped it, and closed by ``disconnect``, by editing or deleting the
 saved connection, or when the worker stops.
 
@@ -28,7 +31,7 @@ ENGINE_CLASSES = {
     "postgresql": ("dbtkd.app.db.postgresql", "PostgresEngine"),
     "mysql": ("dbtkd.app.db.mysql", "MysqlEngine"),
 }
-PURPOSES = ("query", "metadata")
+PURPOSES = ("query", "metadata", "edit")
 
 
 def engine_class(db_type: str) -> type[Engine]:

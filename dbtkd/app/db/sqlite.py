@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,10 +31,12 @@ from dbtkd.app.db.engine import (
     Engine,
     Params,
     QueryResult,
+    RowSink,
     column_entry,
     run_blocking,
     split_page,
     table_entry,
+    time_left,
 )
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.db.values import (
@@ -71,6 +74,18 @@ def _describe_column(column: tuple[Any, ...]) -> tuple[str, Callable[[Any], Any]
         present = [value for value in column if value is not None] if None in column else column
         return type_name, None if all(map(math.isfinite, present)) else encode_float
     return type_name, encode_value  # mixed storage classes in one column
+
+
+def _encode(names: list[str], rows: list[Any]) -> tuple[list[dict[str, str]], list[list[Any]]]:
+    """Columns typed by these rows' first values, and the rows JSON-ready."""
+    described = [_describe_column(column) for column in zip(*rows, strict=True)] or [
+        ("NULL", None) for _ in names
+    ]
+    columns = [
+        {"name": name, "type": type_name}
+        for name, (type_name, _) in zip(names, described, strict=True)
+    ]
+    return columns, encode_rows(rows, [converter for _, converter in described])
 
 
 def split_script(script: str) -> list[str]:
@@ -194,15 +209,31 @@ class SqliteEngine(Engine):
         finally:
             cursor.close()
         page, has_more = split_page(fetched, limit)
-        described = [_describe_column(column) for column in zip(*page, strict=True)] or [
-            ("NULL", None) for _ in names
-        ]
-        columns = [
-            {"name": name, "type": type_name}
-            for name, (type_name, _) in zip(names, described, strict=True)
-        ]
-        converters = [converter for _, converter in described]
-        return QueryResult(columns, encode_rows(page, converters), None, has_more)
+        columns, rows = _encode(names, page)
+        return QueryResult(columns, rows, None, has_more)
+
+    async def stream(
+        self, query: str, params: Params, *, batch: int, time_limit: float, sink: RowSink
+    ) -> int:
+        deadline = time.monotonic() + time_limit
+        cursor = self._connection.cursor()
+        try:
+            await self._run(
+                lambda: cursor.execute(query, params if params is not None else ()), time_limit
+            )
+            names = [description[0] for description in cursor.description or ()]
+            total = 0
+            while True:
+                fetched = await self._run(
+                    lambda: cursor.fetchmany(batch) if names else [],
+                    time_left(deadline, time_limit),
+                )
+                await sink(*_encode(names, fetched))
+                total += len(fetched)
+                if len(fetched) < batch:
+                    return total
+        finally:
+            cursor.close()  # finalises the statement; never blocks
 
     async def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"

@@ -5,6 +5,8 @@ table's count; a truncated cell's whole value. On bdb7a18 all three routes were 
 
 from __future__ import annotations
 
+import http.client
+import json
 from typing import Any
 
 from tests.app.db.support import Api, DbServer
@@ -151,8 +153,16 @@ def test_row_edits_from_both_screens_touch_exactly_one_row(api: Api, server: DbS
     status, refused = api.call("PUT", path, twins)
     assert status == 409, refused
     assert "matches 2 rows" in refused["detail"]
+    # The refused edit was rolled back: neither twin changed.
+    notes = api.run(connection, "SELECT notes FROM people WHERE name = 'Bobby' ORDER BY id")
+    assert notes["rows"] == [[""], [None]]
+    status, refused = api.call("DELETE", path, {**twins, "changes": None})
+    assert status == 409, refused
+    assert api.run(connection, "SELECT COUNT(*) FROM people WHERE name = 'Bobby'")["rows"] == [[2]]
     status, refused = api.call("PUT", path, {**explorer, "primary_key": {"id": 99}})
-    assert (status, refused["detail"]) == (404, "no row has id = 99")
+    assert (status, refused["detail"]) == (404, "no row has id = 99; nothing was changed")
+    # An edit that leaves the row as it was still found exactly one row (MySQL counts it too).
+    assert api.ok("PUT", path, {**explorer, "changes": {"name": "Bobby"}})["success"] is True
     status, refused = api.call("PUT", path, {**explorer, "changes": {"nope": 1}})
     assert status == 422
     assert api.call("PUT", path, {**explorer, "changes": {}})[1]["detail"] == "No changes provided"
@@ -166,6 +176,34 @@ def test_row_edits_from_both_screens_touch_exactly_one_row(api: Api, server: DbS
     ids = [r[0] for r in api.run(connection, "SELECT id FROM people ORDER BY id")["rows"]]
     assert ids == [1, 2, 3, 5]
     assert api.call("DELETE", path, gone)[0] == 404
+
+
+def test_edits_and_imports_leave_the_users_open_transaction_alone(
+    api: Api, remote_server: DbServer
+) -> None:
+    """A row edit or an import commits its own transaction, not the one the user began in the
+    query editor: after them the user's ROLLBACK still undoes the user's insert. (On 4ca2263
+    both ran on the editor's connection: their COMMIT made the user's insert permanent.)
+    SQLite is left out: it allows one writer at a time, so the edit waits for the user's
+    transaction and then reports the database as locked."""
+    server = remote_server
+    connection = api.create(server)
+    make_people(api, connection)
+    api.run(connection, "BEGIN")
+    api.run(connection, "INSERT INTO people (id, name) VALUES (50, 'uncommitted')")
+    path = f"/api/v1/connections/{connection}/data/row"
+    edit = {"table": "people", "schema_name": schema_name(server), "primary_key": {"id": 1}}
+    assert api.ok("PUT", path, {**edit, "changes": {"name": "Alicia"}})["success"] is True
+    content = "id,name\n60,Sixty\n"
+    assert (
+        api.ok("POST", "/api/v1/csv/import", import_body(connection, server, content))[
+            "rows_imported"
+        ]
+        == 1
+    )
+    api.run(connection, "ROLLBACK")
+    rows = api.run(connection, "SELECT id, name FROM people WHERE id IN (1, 50, 60) ORDER BY id")
+    assert rows["rows"] == [[1, "Alicia"], [60, "Sixty"]]
 
 
 def test_a_value_the_database_refuses_is_a_400_the_toast_shows(
@@ -216,6 +254,87 @@ def test_csv_export_writes_the_whole_result_as_the_ui_saves_it(api: Api, server:
     status, refused = api.call("POST", "/api/v1/csv/export", {**body, "delimiter": ""})
     assert status == 422
     assert "delimiter" in refused["detail"]
+
+
+def numbers(api: Api, connection: str, count: int) -> None:
+    """A table ``numbers`` of ``count`` rows (i, 'row i')."""
+    api.run(connection, "CREATE TABLE numbers (i INTEGER PRIMARY KEY, label VARCHAR(20))")
+    for start in range(1, count + 1, 10_000):
+        values = ", ".join(
+            f"({i}, 'row {i}')" for i in range(start, min(start + 10_000, count + 1))
+        )
+        api.run(connection, f"INSERT INTO numbers VALUES {values}")
+
+
+def test_a_large_export_is_streamed_whole(api: Api, server: DbServer) -> None:
+    """30,000 rows, fifteen of the engine's batches: all of them, in order, sent as they come
+    (chunked, no Content-Length: the worker never held the file). On 4ca2263 the answer was
+    built whole in memory, and past 200,000 rows refused."""
+    connection = api.create(server)
+    numbers(api, connection, 30_000)
+    query = "SELECT i, label FROM numbers ORDER BY i"
+    body = {"connection_id": connection, "query": query, "delimiter": ","}
+    status, headers, raw = api.daemon.http(
+        "POST",
+        "/api/v1/csv/export",
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert status == 200, raw[:300]
+    assert headers.get("transfer-encoding") == "chunked", headers
+    exported = json.loads(raw)
+    assert exported["row_count"] == 30_000
+    lines = exported["csv_content"].split("\r\n")
+    assert lines[0] == "i,label"
+    assert lines[1] == "1,row 1"
+    assert lines[30_000] == "30000,row 30000"
+    assert lines[30_001:] == [""]  # the last line ends like the others
+    # A statement that returns no rows exports its (empty) result, not an error.
+    empty = api.ok(
+        "POST", "/api/v1/csv/export", {**body, "query": "SELECT i, label FROM numbers WHERE i < 0"}
+    )
+    assert empty == {"csv_content": "i,label\r\n", "row_count": 0}
+
+
+def test_a_large_import_goes_in_whole_and_the_body_cap_is_64_mib(
+    api: Api, server: DbServer
+) -> None:
+    """A 2.6 MiB file (over the 1 MiB every other route takes) imports in one transaction; a
+    body over 64 MiB is 413 before anything is read into the table; other routes keep 1 MiB."""
+    connection = api.create(server)
+    api.run(connection, "CREATE TABLE big (id INTEGER PRIMARY KEY, label VARCHAR(100))")
+    content = "id,label\n" + "".join(f"{i},{'x' * 80} {i}\n" for i in range(1, 30_001))
+    assert len(content) > 2 * 1024 * 1024
+    body = {**import_body(connection, server, content), "table_name": "big"}
+    assert api.ok("POST", "/api/v1/csv/import", body)["rows_imported"] == 30_000
+    count = api.run(connection, "SELECT COUNT(*), MAX(id) FROM big")["rows"]
+    assert count == [[30_000, 30_000]]
+
+    # A bad line deep in the file names itself and nothing of the file stays.
+    bad = "id,label\n" + "".join(f"{i},ok\n" for i in range(40_001, 42_500)) + "42500\n"
+    status, refused = api.call("POST", "/api/v1/csv/import", {**body, "csv_content": bad})
+    assert status == 422, refused
+    assert "line 2501 has 1" in refused["detail"]
+    assert api.run(connection, "SELECT COUNT(*) FROM big")["rows"] == [[30_000]]
+
+    # Declared past 64 MiB: refused from the headers, before a byte of the body is read.
+    request = http.client.HTTPConnection("127.0.0.1", api.daemon.port, timeout=30)
+    try:
+        request.putrequest("POST", "/api/v1/csv/import")
+        request.putheader("Authorization", f"Bearer {api.daemon.token}")
+        request.putheader("Content-Type", "application/json")
+        request.putheader("Content-Length", str(64 * 1024 * 1024 + 1))
+        request.endheaders()
+        answer = request.getresponse()
+        status, raw = answer.status, answer.read()
+    finally:
+        request.close()
+    assert status == 413, raw[:200]
+    assert b"67108864 bytes (64 MiB)" in raw
+    status, refused = api.call("POST", "/api/v1/csv/export", {**body, "query": "x" * (1024 * 1024)})
+    assert status == 413, refused
+    assert "(1 MiB)" in refused["detail"]
 
 
 def import_body(connection: str, server: DbServer, content: str, **changes: Any) -> dict[str, Any]:

@@ -14,13 +14,15 @@ import json
 import time
 from typing import Any
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dbtkd.app.analytics import snapshot, ui_fields
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile
-from dbtkd.app.endpoints import JSONResponse, database_of, invalid, read_object
-from dbtkd.app.pdf import text_pdf
+from dbtkd.app.endpoints import Database, JSONResponse, database_of, invalid, read_object
+from dbtkd.app.pdf import Report, analytics_report
 from dbtkd.app.schema import qualified
 
 HOUR = 3600.0
@@ -152,32 +154,28 @@ ORDER BY 1 LIMIT {TABLE_STATS_ROWS}""",
 }
 
 
-async def table_stats(request: Request) -> Response:
-    profile = await _profile(request)
-    database = database_of(request)
-    try:
-        async with database.sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
-            found = await engine.execute(
-                TABLE_STATS_SQL[profile.db_type],
-                None,
-                limit=TABLE_STATS_ROWS,
-                offset=0,
-                time_limit=METADATA_TIMEOUT,
-            )
-            rows = [list(row) for row in found.rows]
-            if profile.db_type == "sqlite":  # exact counts: SQLite keeps no estimate
-                for row in rows:
-                    counted = await engine.execute(
-                        f"SELECT count(*) FROM {qualified('sqlite', 'main', str(row[0]))}",
-                        None,
-                        limit=1,
-                        offset=0,
-                        time_limit=METADATA_TIMEOUT,
-                    )
-                    row[2] = counted.rows[0][0]
-    except DatabaseError as error:
-        return JSONResponse({"success": False, "table_stats": [], "error": error.message})
-    stats = [
+async def read_table_stats(database: Database, profile: Profile) -> list[dict[str, Any]]:
+    """The biggest tables (up to ``TABLE_STATS_ROWS``): name, size, rows, indexes."""
+    async with database.sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
+        found = await engine.execute(
+            TABLE_STATS_SQL[profile.db_type],
+            None,
+            limit=TABLE_STATS_ROWS,
+            offset=0,
+            time_limit=METADATA_TIMEOUT,
+        )
+        rows = [list(row) for row in found.rows]
+        if profile.db_type == "sqlite":  # exact counts: SQLite keeps no estimate
+            for row in rows:
+                counted = await engine.execute(
+                    f"SELECT count(*) FROM {qualified('sqlite', 'main', str(row[0]))}",
+                    None,
+                    limit=1,
+                    offset=0,
+                    time_limit=METADATA_TIMEOUT,
+                )
+                row[2] = counted.rows[0][0]
+    return [
         {
             "table_name": name,
             "size_bytes": None if size is None else int(size),
@@ -186,6 +184,14 @@ async def table_stats(request: Request) -> Response:
         }
         for name, size, count, indexes in rows
     ]
+
+
+async def table_stats(request: Request) -> Response:
+    profile = await _profile(request)
+    try:
+        stats = await read_table_stats(database_of(request), profile)
+    except DatabaseError as error:
+        return JSONResponse({"success": False, "table_stats": [], "error": error.message})
     return JSONResponse({"success": True, "table_stats": stats})
 
 
@@ -249,28 +255,40 @@ async def query_plan(request: Request) -> Response:
 
 
 async def export_pdf(request: Request) -> Response:
+    """The report: live figures read now, slow queries from the samples. A database that does
+    not answer still gets its report, saying so, rather than a failed download."""
     profile = await _profile(request)
-    samples = samples_of(request)
-    points = samples.history(profile.id, 3)
-    last = points[-1] if points else {}
-    lines = [
-        f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC",
-        "",
-        "Current metrics",
-        f"  Active connections: {last.get('connections', 'n/a')}",
-        f"  Idle connections: {last.get('idle_connections', 'n/a')}",
-        f"  Database size: {last.get('database_size', 'n/a')} bytes",
-        "",
-        "Slow queries (24 h)",
+    database = database_of(request)
+    now = datetime.datetime.now(datetime.UTC)
+    live = await snapshot(database, profile)
+    fields = ui_fields(profile.db_type, live["stats"]) if live["success"] else {}
+    try:
+        tables = await read_table_stats(database, profile)
+    except DatabaseError:
+        tables = []
+    size = fields.get("database_size")
+    metrics = [
+        ("Active connections", str(fields.get("active_connections", "n/a"))),
+        ("Idle connections", str(fields.get("idle_connections", "n/a"))),
+        ("Database size", "n/a" if size is None else f"{size:,} bytes"),
     ]
-    for entry in samples.slow_queries(profile.id, 24)[:20]:
-        lines.append(f"  {entry['duration']:.1f} s  {entry['user']}  {entry['query']}"[:110])
-    if len(lines) == 8:
-        lines.append("  none seen")
-    document = text_pdf(f"DB Toolkit analytics: {profile.name}", lines)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    if not live["success"]:
+        metrics.append(("Database", f"not answering: {live['error']}"))
+    report = Report(
+        connection=profile.name,
+        db_type=profile.db_type,
+        generated=f"{now:%Y-%m-%d %H:%M:%S} UTC",
+        metrics=metrics,
+        query_stats=fields.get("query_stats") or {},
+        current_queries=fields.get("current_queries") or [],
+        slow_queries=samples_of(request).slow_queries(profile.id, 24),
+        tables=tables,
+    )
+    document = await anyio.to_thread.run_sync(analytics_report, report)
     return Response(
         document,
         media_type="application/pdf",
-        headers={"Content-Disposition": f'attachment; filename="analytics_{stamp}.pdf"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="analytics_{now:%Y%m%dT%H%M%SZ}.pdf"'
+        },
     )

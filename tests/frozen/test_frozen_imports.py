@@ -157,3 +157,25 @@ def test_frozen_selftest_report_names_the_interpreter_it_ran_in() -> None:
     report = json.loads(out)
     assert os.path.realpath(report["executable"]) == os.path.realpath(DBTKD)
     assert report["executable"] != sys.executable
+
+
+def test_the_frozen_worker_writes_the_analytics_pdf(daemon: Daemon, tmp_path: Path) -> None:
+    """ReportLab (and the part of Pillow it loads) is imported only when a report is asked for:
+    only asking for one shows the bundle has all of it."""
+    import io
+
+    from pypdf import PdfReader
+
+    profile = {"name": "frozen report", "db_type": "sqlite", "database": str(tmp_path / "r.db")}
+    headers = {"Content-Type": "application/json"}
+    status, _, body = daemon.http(
+        "POST", "/api/v1/connections", body=json.dumps(profile).encode(), headers=headers
+    )
+    assert status == 201, body
+    connection = json.loads(body)["id"]
+    status, _, body = daemon.http(
+        "GET", f"/api/v1/analytics/connections/{connection}/export-pdf", timeout=30
+    )
+    assert status == 200, body[:300]
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(body)).pages)
+    assert "DB Toolkit analytics: frozen report" in text

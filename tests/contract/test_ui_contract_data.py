@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from tests.app.db.support import Api, DbServer
-from tests.app.db.test_ui_contract import schema_name
+from tests.contract.test_ui_contract import schema_name
 
 LONG = "x" * 150
 ROWS = [

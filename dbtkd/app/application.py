@@ -72,6 +72,7 @@ def create_app(config: AppConfig) -> Starlette:
     app.state.streams = streams
     app.state.events = ChangeFeed()
     app.state.database = Database(config.data_dir)
+    app.state.events.listeners.append(app.state.database.tables.on_change)
     app.state.ui_settings = UiSettings(config.data_dir)
     app.state.analytics_samples = Samples()  # what /ws/analytics saw, for the HTTP routes
     setup_jobs(app, config, streams)  # app.state.jobs: the worker's stop cancels its jobs

@@ -4,12 +4,14 @@
 A table is named by the schema tree's keys (``schema_name``, ``table_name``); ``public`` on
 MySQL or SQLite, the UI's default where there is no such schema, means the connection's own
 (its database; ``main``). Every identifier is checked against the table's description and
-quoted per engine; every value is a bound parameter. Browse pages with the engine's own paging
-(so a page costs the same at any table size), orders by the chosen column or else by the
-primary key (stable pages), filters each non-empty column as a case-insensitive "contains" on
-the column's text form (``%`` and ``_`` taken literally), and cuts text longer than 100
-characters to 100 plus ``...``, the marker the grid shows a "view full content" button for
-(``data/cell`` gives the whole value). A database's refusal is ``{success: false, error}``.
+quoted per engine; every value is a bound parameter. The description is kept a few seconds
+(``db/tablecache.py``), so paging does not read the catalog for every page. Browse writes the
+page into its own statement (``LIMIT n + 1 OFFSET m``: the database skips, the extra row tells
+``has_more``), orders by the chosen column or else by the primary key (stable pages), filters
+each non-empty column as a case-insensitive "contains" on the column's text form (``%`` and
+``_`` taken literally), and cuts text longer than 100 characters to 100 plus ``...``, the
+marker the grid shows a "view full content" button for (``data/cell`` gives the whole value).
+A database's refusal is ``{success: false, error}``.
 
 A row edit takes ``schema`` or ``schema_name`` (D5) and the UI's row key (the grid's first
 column, not always a key). It runs in its own transaction on the session's ``edit``
@@ -32,6 +34,7 @@ from starlette.responses import Response
 
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError, Engine, QueryResult
 from dbtkd.app.db.profiles import Profile
+from dbtkd.app.db.tablecache import TableDescriptions
 from dbtkd.app.endpoints import (
     ApiError,
     JSONResponse,
@@ -141,14 +144,20 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-async def _table(engine: Engine, profile: Profile, body: dict[str, Any]) -> Table:
+async def _table(
+    engine: Engine, profile: Profile, body: dict[str, Any], known: TableDescriptions
+) -> Table:
+    """The table the body names, described from ``known`` or else by the engine."""
     schema = schema_of(profile, _text(body, "schema_name"))
     name = _text(body, "table_name")
-    entry = await engine.table(schema, name)
+    entry = known.get(profile.id, schema, name)
     if entry is None:
-        raise ApiError(
-            404, "not_found", f"expected a table of the schema tree; got {schema}.{name}"
-        )
+        entry = await engine.table(schema, name)
+        if entry is None:
+            raise ApiError(
+                404, "not_found", f"expected a table of the schema tree; got {schema}.{name}"
+            )
+        known.put(profile.id, schema, name, entry)
     return Table(profile, schema, name, entry)
 
 
@@ -166,7 +175,7 @@ async def browse(request: Request) -> Response:
         raise invalid(f"expected filters to be an object of column → text; got {filters!r:.60}")
     try:
         async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
-            table = await _table(engine, profile, body)
+            table = await _table(engine, profile, body, database.tables)
             clauses: list[str] = []
             params: list[Any] = []
             for name, text in filters.items():
@@ -188,10 +197,14 @@ async def browse(request: Request) -> Response:
                 sql += " ORDER BY " + ", ".join(
                     quote_identifier(table.db_type, k) for k in table.primary_key
                 )
+            # Our own statement, so the database pages it (one row more tells has_more): no
+            # rows skipped or cut short by the engine.
+            sql += f" LIMIT {limit + 1} OFFSET {offset}"
             result = await engine.execute(
-                sql, params or None, limit=limit, offset=offset, time_limit=STATEMENT_TIMEOUT
+                sql, params or None, limit=limit, offset=0, time_limit=STATEMENT_TIMEOUT
             )
     except DatabaseError as error:
+        database.tables.forget(profile.id)  # a column gone since it was described, say
         return JSONResponse({"success": False, "columns": [], "rows": [], "error": error.message})
     return JSONResponse(
         {
@@ -211,9 +224,10 @@ async def count(request: Request) -> Response:
     names = {k: request.query_params.get(k) for k in ("schema_name", "table_name")}
     try:
         async with database.sessions.use(profile, "metadata", wait=METADATA_TIMEOUT) as engine:
-            table = await _table(engine, profile, names)
+            table = await _table(engine, profile, names, database.tables)
             result = await statement(engine, f"SELECT COUNT(*) FROM {table.sql}")
     except DatabaseError as error:
+        database.tables.forget(profile.id)
         raise unavailable(error) from None
     return JSONResponse({"success": True, "count": int(result.rows[0][0])})
 
@@ -227,7 +241,7 @@ async def cell(request: Request) -> Response:
         raise invalid(f"expected row_identifier {{column: value}}; got {identifier!r:.60}")
     try:
         async with database.sessions.use(profile, "query", wait=STATEMENT_TIMEOUT) as engine:
-            table = await _table(engine, profile, body)
+            table = await _table(engine, profile, body, database.tables)
             wanted = table.column(body.get("column_name"), "column_name")
             clauses: list[str] = []
             params: list[Any] = []
@@ -239,6 +253,7 @@ async def cell(request: Request) -> Response:
                 engine, f"SELECT {wanted} FROM {table.sql} WHERE " + " AND ".join(clauses), params
             )
     except DatabaseError as error:
+        database.tables.forget(profile.id)
         return JSONResponse({"success": False, "error": error.message})
     if not result.rows:
         return JSONResponse({"success": False, "error": "No data found"})
@@ -302,7 +317,7 @@ async def update_row(request: Request) -> Response:
         raise ApiError(400, "bad_request", "No changes provided")
     try:
         async with database.sessions.use(profile, "edit", wait=STATEMENT_TIMEOUT) as engine:
-            table = await _table(engine, profile, target)
+            table = await _table(engine, profile, target, database.tables)
             assignments: list[str] = []
             values: list[Any] = []
             for name, value in changes.items():
@@ -323,6 +338,7 @@ async def update_row(request: Request) -> Response:
                 )
                 check_one_row(changed.rows_affected, target["key"])
     except DatabaseError as error:
+        database.tables.forget(profile.id)
         raise ApiError(400, "database_refused", error.message) from None
     return JSONResponse({"success": True, "message": "Row updated successfully"})
 
@@ -333,7 +349,7 @@ async def delete_row(request: Request) -> Response:
     target = _row_target(await read_object(request))
     try:
         async with database.sessions.use(profile, "edit", wait=STATEMENT_TIMEOUT) as engine:
-            table = await _table(engine, profile, target)
+            table = await _table(engine, profile, target, database.tables)
             where, key_values = _key_clause(table, target["key"])
             async with transaction(engine):
                 changed = await statement(
@@ -341,5 +357,6 @@ async def delete_row(request: Request) -> Response:
                 )
                 check_one_row(changed.rows_affected, target["key"])
     except DatabaseError as error:
+        database.tables.forget(profile.id)
         raise ApiError(400, "database_refused", error.message) from None
     return JSONResponse({"success": True, "message": "Row deleted successfully"})

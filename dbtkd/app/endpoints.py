@@ -23,6 +23,7 @@ from starlette.routing import Route
 from dbtkd.app.db.history import QueryHistory
 from dbtkd.app.db.profiles import ProfileStore
 from dbtkd.app.db.sessions import Sessions
+from dbtkd.app.db.tablecache import TableDescriptions
 from dbtkd.app.jsontext import lone_surrogate_path
 from dbtkd.app.responses import describe
 
@@ -42,6 +43,7 @@ class Database:
         self.profiles = ProfileStore(data_dir)
         self.sessions = Sessions()
         self.history = QueryHistory(data_dir)
+        self.tables = TableDescriptions()  # the data explorer's, see db/tablecache.py
 
 
 class JSONResponse(Response):

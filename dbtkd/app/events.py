@@ -26,6 +26,7 @@ import collections
 import datetime
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -61,6 +62,8 @@ class ChangeFeed:
         self.seq = 0
         self._buffer: collections.deque[Event] = collections.deque(maxlen=capacity)
         self._published = anyio.Event()
+        # Called with each change as it is published (caches that a change makes stale).
+        self.listeners: list[Callable[[Event], None]] = []
 
     def publish(self, kind: str, **fields: Any) -> Event:
         """Number and keep one change, and wake every subscriber."""
@@ -76,6 +79,8 @@ class ChangeFeed:
             **fields,
         }
         self._buffer.append(event)
+        for listener in self.listeners:
+            listener(event)
         woken, self._published = self._published, anyio.Event()
         woken.set()
         return event

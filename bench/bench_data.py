@@ -38,6 +38,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from http.client import RemoteDisconnected
 from typing import Any
 
 import orjson
@@ -269,7 +270,13 @@ def measure(engine: Engine, daemon: Daemon, options: argparse.Namespace) -> list
     def call(method: str, path: str, body: Any) -> Any:
         from bench.bench_query_pages import request
 
-        return request(http, daemon.token, method, path, body, orjson.loads)
+        try:
+            return request(http, daemon.token, method, path, body, orjson.loads)
+        except (BrokenPipeError, ConnectionResetError, RemoteDisconnected):
+            # The server closes a connection idle for 5 s (Hypercorn's keep-alive), as after
+            # the driver's runs: the first call after them (a warm-up) reconnects.
+            http.close()
+            return request(http, daemon.token, method, path, body, orjson.loads)
 
     try:
         for variant, extra in BROWSES.items():

@@ -15,9 +15,9 @@ import sys
 import time
 from types import SimpleNamespace
 
-from dbtkctl.client import Client, ensure_running, upgrade_if_older
+from dbtkctl.client import Client, ensure_running, last_start_errors, upgrade_if_older
 from dbtkd import __version__, paths, protocol
-from dbtkd.errors import DaemonError, DbtkError, NotRunning
+from dbtkd.errors import DaemonError, DbtkError, NotRunning, environment_problem
 from dbtkd.procstats import pid_alive
 
 TYPE_CHECKING = False  # typing and argparse cost ~7 ms; see _fast_args
@@ -43,16 +43,20 @@ def _client(args: argparse.Namespace | SimpleNamespace) -> Client:
     return Client(paths.runtime_paths(home=args.home))
 
 
-def _spawn_args(args: argparse.Namespace | SimpleNamespace) -> list[str]:
-    extra: list[str] = []
-    if getattr(args, "port_range", None):
-        from dbtkd.port import parse_port_range
+def _spawn_args(args: argparse.Namespace | SimpleNamespace, *, on_demand: bool = True) -> list[str]:
+    """dbtkd's flags for a daemon started here, checked by dbtkd's own parsers first (a usage
+    error before anything is spawned). Daemons started on demand go away when no one uses
+    them (DESIGN §2): ``--on-demand`` makes that dbtkd's default, below the flag, the
+    environment and ``dbtkd.toml``, so their ``idle_exit`` still counts."""
+    from dbtkd.settings import PARSERS
 
-        parse_port_range(args.port_range, "--port-range")  # usage error before spawning
-        extra += ["--port-range", args.port_range]
-    # Daemons started on demand go away when no one uses them (DESIGN §2).
-    idle = getattr(args, "idle_exit", None)
-    extra += ["--idle-exit", idle if idle is not None else "600"]
+    extra: list[str] = ["--on-demand"] if on_demand else []
+    for key in ("port_range", "idle_exit"):
+        value = getattr(args, key, None)
+        if value is not None:
+            flag = "--" + key.replace("_", "-")
+            PARSERS[key](value, flag)
+            extra += [flag, value]
     return extra
 
 
@@ -128,7 +132,7 @@ def do_start(args: argparse.Namespace | SimpleNamespace) -> int:
     if args.foreground:
         from dbtkctl.client import daemon_command
 
-        argv = daemon_command() + _spawn_args(args)[: -2 if args.idle_exit is None else None]
+        argv = daemon_command() + _spawn_args(args, on_demand=False)
         if args.home:
             argv += ["--home", args.home]
         os.execv(argv[0], argv)
@@ -212,12 +216,20 @@ def _stopped_status(args: argparse.Namespace | SimpleNamespace) -> dict[str, Any
         "data_dir": data.data_dir,
         "config_file": data.config_file,
         "idle_exit": None,
+        # What the last daemon started here wrote to stderr before it exited, in its words.
+        "last_start_error": last_start_errors(runtime) or None,
     }
 
 
 def _format_status(status: dict[str, Any]) -> str:
     if status["state"] == "stopped":
-        return f"dbtkd is not running\n  log: {status['log_file']}"
+        text = f"dbtkd is not running\n  log: {status['log_file']}"
+        said = status.get("last_start_error") or []
+        if said:
+            text += "\n  the last start failed; dbtkd said:\n" + "\n".join(
+                "    " + line for line in said
+            )
+        return text
     restarts = ", ".join(f"{k} {v}" for k, v in sorted(status["restarts"].items())) or "none"
     clients = ", ".join(f"{c['name']} (pid {c['pid']})" for c in status["clients"]) or "none"
     lines = [
@@ -491,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except OSError as exc:  # a file or socket we could not use: say which, no traceback
-        _fail(args, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
+        _fail(args, environment_problem(exc), 1)
         return 1
 
 

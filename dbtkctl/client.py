@@ -33,6 +33,8 @@ START_TIMEOUT = 40 * SECONDS
 BUSY_RETRIES = 8
 SPAWN_POLL = 0.01 * SECONDS
 LOG_LINES_ON_FAILURE = 5
+START_ERRORS_FILE = "dbtkd.start.err"
+MAX_START_ERRORS_BYTES = 64 * 1024
 # After our dbtkd exits at start, how long the data dir's owner may take to record its socket.
 OWNER_GRACE = 2 * SECONDS
 
@@ -181,8 +183,37 @@ def daemon_command() -> list[str]:
     return [sys.executable, "-m", "dbtkd"]
 
 
+def start_errors_path(runtime: RuntimePaths) -> str:
+    """Where a daemon started here writes its stderr: the reason it could not start, in its
+    own words, which the log may not have (a bad ``dbtkd.toml`` stops it before the log is
+    open). Emptied once a start succeeds."""
+    return os.path.join(runtime.run_dir, START_ERRORS_FILE)
+
+
+def last_start_errors(runtime: RuntimePaths) -> list[str]:
+    """What a daemon started here last wrote to its stderr (empty if nothing, or unreadable)."""
+    try:
+        with open(start_errors_path(runtime), encoding="utf-8", errors="replace") as file:
+            text = file.read(MAX_START_ERRORS_BYTES)
+    except OSError:
+        return []
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-LOG_LINES_ON_FAILURE:]
+
+
+def _start_errors_file(runtime: RuntimePaths) -> int | None:
+    """The stderr file for a daemon about to start, emptied (None if the run dir is unusable:
+    the daemon then says why in the log, or nowhere, as before)."""
+    try:
+        os.makedirs(runtime.run_dir, mode=0o700, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        return os.open(start_errors_path(runtime), flags, 0o600)
+    except OSError:
+        return None
+
+
 def spawn_daemon(runtime: RuntimePaths, extra_args: list[str]) -> Any:
-    """Start a detached ``dbtkd`` (new session, stdio to /dev/null, cwd /); return the Popen."""
+    """Start a detached ``dbtkd`` (new session, stdin and stdout to /dev/null, stderr to the
+    start errors file, cwd /); return the Popen."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(HANDOVER_ENV_PREFIXES)}
@@ -196,26 +227,49 @@ def spawn_daemon(runtime: RuntimePaths, extra_args: list[str]) -> Any:
         )
     else:
         kwargs["start_new_session"] = True
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=os.path.abspath(os.sep),
-        env=env,
-        close_fds=True,
-        **kwargs,
-    )
+    errors = _start_errors_file(runtime)
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if errors is None else errors,
+            cwd=os.path.abspath(os.sep),
+            env=env,
+            close_fds=True,
+            **kwargs,
+        )
+    finally:
+        if errors is not None:
+            os.close(errors)
 
 
-def start_failure(runtime: RuntimePaths, reason: str) -> StartFailed:
-    """A ``StartFailed`` whose message has the reason, the log path and the last log lines."""
+def start_failure(runtime: RuntimePaths, reason: str, *, exited: bool = False) -> StartFailed:
+    """A ``StartFailed`` whose message has the reason (with the daemon's own last words if it
+    exited), the log path and the last log lines."""
     from dbtkd.logfile import tail
 
+    said = last_start_errors(runtime) if exited else []
+    if said:
+        reason = f"{reason}: {said[-1].removeprefix('dbtkd: ')}"
+        if len(said) > 1:
+            reason += "\ndbtkd's output:\n" + "\n".join("  " + line for line in said)
     log_file = data_paths(home=runtime.home).log_file
-    lines = tail(log_file, LOG_LINES_ON_FAILURE)
-    shown = "\n".join("  " + line for line in lines) or "  (the log is empty)"
+    try:
+        lines = tail(log_file, LOG_LINES_ON_FAILURE)
+        shown = "\n".join("  " + line for line in lines) or "  (the log is empty)"
+    except OSError as exc:
+        shown = f"  (the log cannot be read: {exc.strerror or exc})"
     return StartFailed(f"{reason}\nlog: {log_file}\nlast log lines:\n{shown}")
+
+
+def _forget_start_errors(runtime: RuntimePaths) -> None:
+    """A start succeeded: what an earlier one said is no longer the state of things."""
+    try:
+        with open(start_errors_path(runtime), "r+b") as file:
+            file.truncate(0)
+    except OSError:
+        pass
 
 
 def ensure_running(
@@ -247,7 +301,7 @@ def ensure_running(
         while time.monotonic() < deadline:
             code = proc.poll()
             try:
-                return _port(client), True
+                result = _port(client)
             except NotRunning:
                 if code is not None:
                     # It may have found the data dir owned by a daemon started with another
@@ -256,8 +310,11 @@ def ensure_running(
                     owner = _data_dir_owner(runtime)
                     if owner in (None, proc.pid) or time.monotonic() - exited_at > OWNER_GRACE:
                         raise start_failure(
-                            runtime, f"dbtkd exited with status {code} while starting"
+                            runtime, f"dbtkd exited with status {code} while starting", exited=True
                         ) from None
+            else:
+                _forget_start_errors(runtime)
+                return result, True
             time.sleep(SPAWN_POLL)
         raise start_failure(runtime, f"dbtkd did not become ready within {timeout:.0f} s")
     finally:

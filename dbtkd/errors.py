@@ -58,3 +58,30 @@ class DaemonError(DbtkError):
 
 class ProtocolMismatch(DbtkError):
     """The daemon speaks a control protocol this client does not."""
+
+
+# What to do about a file or directory the system refused, by errno (an environment problem,
+# not a bug: it gets one line, never a traceback).
+_ENVIRONMENT_HINTS = {
+    "EROFS": "the file system is read-only; use a home on a writable disk (--home or DBTK_HOME)",
+    "ENOSPC": "the disk is full; free some space and try again",
+    "EDQUOT": "the disk quota is used up; free some space and try again",
+    "EACCES": "permission denied; it must belong to you and be writable by you",
+    "EPERM": "not permitted; it must belong to you and be writable by you",
+    "ENOTDIR": "a file stands where a directory should be; move the file away",
+    "EEXIST": "something else already has that name; move it away",
+    "EISDIR": "a directory stands where a file should be; move the directory away",
+    "ENOENT": "a directory on the way is missing; create it or choose another home",
+    "ELOOP": "a symbolic link stands where a file should be; remove the link",
+}
+
+
+def environment_problem(exc: OSError) -> str:
+    """``exc`` as one line: what could not be used, why, and what to do."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else "a file"
+    name = errno.errorcode.get(exc.errno or 0, "")
+    hint = _ENVIRONMENT_HINTS.get(name)
+    reason = exc.strerror or str(exc)
+    return f"cannot use {where}: {reason}" + (f"; {hint}" if hint else "")

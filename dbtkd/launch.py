@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from dbtkd import __version__, fdlimit, handoff, lock, port, spawn, state, subreaper
-from dbtkd.errors import DbtkError, StartFailed
+from dbtkd.errors import DbtkError, StartFailed, environment_problem
 from dbtkd.logfile import LogFile
 from dbtkd.settings import LOG_LEVELS, Settings, load
 
@@ -152,6 +152,11 @@ def _parse(argv: list[str] | None) -> Any:
         dest="allowed_origins",
         help="an allowed browser Origin (repeatable)",
     )
+    parser.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="started by a client (dbtkctl, the app): idle exit defaults to 600 s unless set",
+    )
     parser.add_argument("--takeover", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"dbtkd {__version__}")
     return parser.parse_args(argv)
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             env,
             home=args.home,
             takeover=args.takeover,
+            on_demand=args.on_demand,
         )
         launch = prepare(settings, env, echo=sys.stderr.isatty())
         # Only now, with the first worker already starting on the other core.
@@ -185,5 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     except DbtkError as exc:
         print(f"dbtkd: {exc}", file=sys.stderr)
         return 4 if isinstance(exc, StartFailed) else exc.exit_code
+    except OSError as exc:  # the environment (a read-only or full home, a missing directory)
+        print(f"dbtkd: {environment_problem(exc)}", file=sys.stderr)
+        return StartFailed.exit_code
     except KeyboardInterrupt:
         return 130

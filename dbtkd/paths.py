@@ -266,14 +266,14 @@ def ensure_private_dir(path: str) -> None:
     The runtime dir may live in a shared temp dir, where anyone could have planted a symlink
     or a directory of their own under the name we use: both are refused, never followed.
     """
-    from dbtkd.errors import StartFailed
+    from dbtkd.errors import StartFailed, environment_problem
 
     try:
         with contextlib.suppress(FileExistsError):  # not a directory: named below
             os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
     except OSError as exc:
-        raise StartFailed(f"cannot create {path}: {exc.strerror or exc}") from exc
+        raise StartFailed(environment_problem(exc)) from exc
     if not stat.S_ISDIR(st.st_mode):
         raise StartFailed(f"{path} is not a directory (a symlink?); remove it and retry")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():

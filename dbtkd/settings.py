@@ -28,6 +28,10 @@ DEFAULT_WATCHDOG_TIMEOUT = 10 * SECONDS
 DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024  # 5 files x 5 MiB caps the logs at 25 MiB
 DEFAULT_LOG_BACKUPS = 5
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A daemon a client started on demand (``dbtkd --on-demand``, as dbtkctl and Electron start it)
+# goes away this long after its last client (DESIGN §2), unless a flag, DBTK_IDLE_EXIT or
+# dbtkd.toml says otherwise.
+ON_DEMAND_IDLE_EXIT = 600 * SECONDS
 # Origins that identify no one: every sandboxed iframe and local file shares them.
 NEVER_ALLOWED_ORIGINS = frozenset({"null", "file://"})
 
@@ -151,8 +155,11 @@ def load(
     *,
     home: str | None = None,
     takeover: bool = False,
+    on_demand: bool = False,
 ) -> Settings:
-    """Build the settings; ``flags`` maps keys of ``KEYS`` to values given on the command line."""
+    """Build the settings; ``flags`` maps keys of ``KEYS`` to values given on the command line.
+    ``on_demand``: a client started this daemon, so ``idle_exit`` defaults to
+    ``ON_DEMAND_IDLE_EXIT`` (below every source, like any default)."""
     env = os.environ if env is None else env
     runtime = paths.runtime_paths(env, home)
     data = paths.data_paths(env, home)
@@ -171,6 +178,8 @@ def load(
         if key == "tool_paths" and isinstance(raw, str):
             raise ConfigError(f"{source}: tool_paths can only be set in dbtkd.toml")
         values[key] = PARSERS[key](raw, source)
+    if on_demand and "idle_exit" not in values:
+        values["idle_exit"] = ON_DEMAND_IDLE_EXIT
     return Settings(
         runtime=runtime,
         data=data,

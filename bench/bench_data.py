@@ -380,6 +380,7 @@ def measure(engine: Engine, daemon: Daemon, options: argparse.Namespace) -> list
                 api / driver,
                 None if bulk is None else bulk * 1000,
                 growth,
+                {"csv_mib": round(len(content) / 2**20, 1)},
             )
         )
     finally:
@@ -427,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{f.engine:<11} | {f.operation:<26} | {f.api_ms:9.1f} | {f.driver_ms:9.1f} | "
             f"{f.ratio:5.2f} | {bulk:>8} | {f.peak_rss_growth_mib:13.1f}"
+            + (f" (file {f.extra['csv_mib']} MiB)" if "csv_mib" in f.extra else "")
         )
     return 0
 

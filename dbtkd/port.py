@@ -25,11 +25,30 @@ LOOPBACK = "127.0.0.1"
 # Deep enough to hold every connection that arrives during a worker restart (~0.2 s).
 LISTEN_BACKLOG = 1024
 FAILED_HEAD_TIMEOUT = 2 * SECONDS
-FAILED_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
-    b"Content-Type: application/json\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
-    b'{"state":"failed"}'
-)
+
+
+def failed_response(reason: str) -> bytes:
+    """The 503 every request gets while ``failed``, in the API's error shape (``error``,
+    ``detail``) with the reason. No token is checked here, so it says no more than the reason
+    (never the worker's output). There is no automatic retry (``next_try`` is null): the cause
+    is one a restart alone does not fix, so the detail says what to do."""
+    import json
+
+    body = json.dumps(
+        {
+            "error": "daemon_failed",
+            "detail": f"dbtkd failed: {reason}. It does not retry by itself: fix the cause "
+            "(dbtkctl status and dbtkctl logs say more), then run dbtkctl restart",
+            "state": "failed",
+            "reason": reason,
+            "next_try": None,
+        }
+    ).encode()
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % len(body)
+    ) + body
 
 
 def parse_port_range(value: object, source: str) -> tuple[int, int] | None:
@@ -81,20 +100,19 @@ def bind_listener(port_range: tuple[int, int] | None, last_port: int | None) -> 
     raise PortRangeExhausted(*port_range)
 
 
-async def serve_failed(listener: socket.socket) -> asyncio.Server:
+async def serve_failed(listener: socket.socket, reason: str) -> asyncio.Server:
     """Answer 503 on ``listener`` until the returned server is closed (``listener`` stays)."""
     import asyncio
 
-    return await asyncio.start_server(_answer_failed, sock=listener.dup(), backlog=LISTEN_BACKLOG)
+    response = failed_response(reason)
 
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answer after the request head so clients read a response rather than a reset.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), FAILED_HEAD_TIMEOUT)
+        with contextlib.suppress(Exception):
+            writer.write(response)
+            await writer.drain()
+        writer.close()
 
-async def _answer_failed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    import asyncio
-
-    # Answer after the request head so clients read a response rather than a reset.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), FAILED_HEAD_TIMEOUT)
-    with contextlib.suppress(Exception):
-        writer.write(FAILED_RESPONSE)
-        await writer.drain()
-    writer.close()
+    return await asyncio.start_server(answer, sock=listener.dup(), backlog=LISTEN_BACKLOG)

@@ -497,7 +497,7 @@ class Supervisor:
         for stream in self.attach_streams():
             stream.send("state", state="failed", error=self.error)
         assert self.listener is not None
-        self.failed_server = await port.serve_failed(self.listener)
+        self.failed_server = await port.serve_failed(self.listener, self.error["reason"])
         self.resume.clear()
         stop = asyncio.ensure_future(self.stopping.wait())
         resume = asyncio.ensure_future(self.resume.wait())

@@ -201,7 +201,12 @@ async def browse(request: Request) -> Response:
             # rows skipped or cut short by the engine.
             sql += f" LIMIT {limit + 1} OFFSET {offset}"
             result = await engine.execute(
-                sql, params or None, limit=limit, offset=0, time_limit=STATEMENT_TIMEOUT
+                sql,
+                params or None,
+                limit=limit,
+                offset=0,
+                time_limit=STATEMENT_TIMEOUT,
+                bounded=True,
             )
     except DatabaseError as error:
         database.tables.forget(profile.id)  # a column gone since it was described, say

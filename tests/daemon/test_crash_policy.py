@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import time
@@ -118,7 +119,15 @@ def test_a_worker_that_dies_during_start_reaches_failed_and_restart_clears_it(
     response = conn.getresponse()
     assert response.status == 503
     assert response.getheader("Retry-After") == "5"
-    assert response.read() == b'{"state":"failed"}'
+    # In the API's error shape, with the reason and what to do (on 4ca2263: only
+    # {"state": "failed"}).
+    answer = json.loads(response.read())
+    assert answer["error"] == "daemon_failed"
+    assert answer["state"] == "failed"
+    assert answer["reason"] == status["error"]["reason"]
+    assert status["error"]["reason"] in answer["detail"]
+    assert "dbtkctl restart" in answer["detail"]
+    assert answer["next_try"] is None
     conn.close()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as ws:
         ws.sendall(

@@ -115,9 +115,20 @@ class Engine(ABC):
 
     @abstractmethod
     async def execute(
-        self, query: str, params: Params, *, limit: int, offset: int, time_limit: float
+        self,
+        query: str,
+        params: Params,
+        *,
+        limit: int,
+        offset: int,
+        time_limit: float,
+        bounded: bool = False,
     ) -> QueryResult:
-        """Run ``query`` as written; fetch at most ``offset + limit + 1`` rows of its result."""
+        """Run ``query`` as written; fetch at most ``offset + limit + 1`` rows of its result.
+
+        ``bounded``: the statement limits its own result (the daemon's own SQL, with a
+        ``LIMIT``), so it may be run whole in one go: on PostgreSQL that allows a parallel plan,
+        which a cursor read in pages never gets. The threaded engines read lazily either way."""
 
     @abstractmethod
     async def stream(

@@ -256,7 +256,14 @@ class MysqlEngine(Engine):
         )
 
     async def execute(
-        self, query: str, params: Params, *, limit: int, offset: int, time_limit: float
+        self,
+        query: str,
+        params: Params,
+        *,
+        limit: int,
+        offset: int,
+        time_limit: float,
+        bounded: bool = False,
     ) -> QueryResult:
         args: Any = params if isinstance(params, dict) or params is None else tuple(params)
         return await self._run(  # type: ignore[no-any-return]

@@ -257,17 +257,26 @@ class PostgresEngine(Engine):
             raise DatabaseError(f"the driver refused a value: {error}") from None
 
     async def execute(
-        self, query: str, params: Params, *, limit: int, offset: int, time_limit: float
+        self,
+        query: str,
+        params: Params,
+        *,
+        limit: int,
+        offset: int,
+        time_limit: float,
+        bounded: bool = False,
     ) -> QueryResult:
         if isinstance(params, dict):
             raise DatabaseError(
                 "PostgreSQL takes positional parameters ($1, $2, ...): pass params as a list"
             )
         return await self._guarded(  # type: ignore[no-any-return]
-            lambda: self._execute(query, list(params or ()), limit, offset), time_limit
+            lambda: self._execute(query, list(params or ()), limit, offset, bounded), time_limit
         )
 
-    async def _execute(self, query: str, params: list[Any], limit: int, offset: int) -> QueryResult:
+    async def _execute(
+        self, query: str, params: list[Any], limit: int, offset: int, bounded: bool = False
+    ) -> QueryResult:
         connection = self._connection
         if has_several_statements(query):
             if params:
@@ -284,6 +293,9 @@ class PostgresEngine(Engine):
         if not attributes:
             await statement.fetch(*arguments)
             return QueryResult(rows_affected=rows_affected(statement.get_statusmsg()))
+        if bounded and not offset:
+            page, has_more = split_page(await statement.fetch(*arguments), limit)
+            return self._result(attributes, page, has_more)
         transaction = None
         if not connection.is_in_transaction():
             transaction = connection.transaction()
@@ -297,6 +309,10 @@ class PostgresEngine(Engine):
         if transaction is not None:
             await transaction.commit()
         page, has_more = split_page(fetched, limit)
+        return self._result(attributes, page, has_more)
+
+    @staticmethod
+    def _result(attributes: Any, page: list[Any], has_more: bool) -> QueryResult:
         columns = [{"name": a.name, "type": _type_label(a.type)} for a in attributes]
         converters = [_converter(a.type) for a in attributes]
         return QueryResult(columns, encode_rows(page, converters), None, has_more)

@@ -166,7 +166,14 @@ class SqliteEngine(Engine):
         return await run_blocking(guarded, time_limit=time_limit, cancel=self._interrupt)
 
     async def execute(
-        self, query: str, params: Params, *, limit: int, offset: int, time_limit: float
+        self,
+        query: str,
+        params: Params,
+        *,
+        limit: int,
+        offset: int,
+        time_limit: float,
+        bounded: bool = False,
     ) -> QueryResult:
         return await self._run(lambda: self._execute(query, params, limit, offset), time_limit)  # type: ignore[no-any-return]
 

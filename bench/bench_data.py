@@ -19,8 +19,10 @@ default: integer key, text, decimal, timestamp, float; ``bench_query_pages``' ta
 
 Ratios are ``api / driver`` (aims: browse ≤ 1.5, export ≤ 2, import ≤ 3 against the plain loop);
 each time is the median of ``--repeat`` runs after one warm-up. **Peak worker RSS growth** per
-operation: the worker's peak is reset before it (``/proc/<pid>/clear_refs`` ``5``) and read after
-(``VmHWM`` minus the ``VmRSS`` before), so it is what that one call made the worker hold.
+operation: the worker's peak is reset before its first call (``/proc/<pid>/clear_refs`` ``5``)
+and read after (``VmHWM`` minus the ``VmRSS`` before), so it is what that one call made the
+worker hold beyond what it already had (measured before the timed runs, whose freed memory the
+allocator would otherwise reuse and hide).
 
     .venv/bin/python -m bench.bench_data [--engines sqlite,postgresql,mysql] [--rows 1000000]
         [--csv-rows 100000] [--pages 1,1000] [--repeat 5] [--json]
@@ -301,13 +303,13 @@ def measure(engine: Engine, daemon: Daemon, options: argparse.Namespace) -> list
                     return len(document["rows"])
 
                 sql, params = browse_sql(engine, variant, offset)
+                growth = peak_growth_mib(pid, api_browse)  # first: before the runs' memory
                 api = timed(api_browse, PAGE, options.repeat)
                 driver = timed(
                     lambda sql=sql, params=params: len(driver_fetch(engine, sql, params)),
                     PAGE,
                     options.repeat,
                 )
-                growth = peak_growth_mib(pid, api_browse)
                 figures.append(
                     Figure(
                         engine.db_type,
@@ -329,12 +331,12 @@ def measure(engine: Engine, daemon: Daemon, options: argparse.Namespace) -> list
             exported["csv"] = document["csv_content"]
             return int(document["row_count"])
 
+        growth = peak_growth_mib(pid, api_export)
         api = timed(api_export, rows, options.repeat)
         driver = timed(lambda: driver_export(engine, rows), rows, options.repeat)
         bulk = None
         if isinstance(engine, PostgresEngine):
             bulk = timed(lambda: copy_export(engine, rows), rows, options.repeat)
-        growth = peak_growth_mib(pid, api_export)
         content = exported["csv"]
         figures.append(
             Figure(
@@ -364,13 +366,13 @@ def measure(engine: Engine, daemon: Daemon, options: argparse.Namespace) -> list
             document = call("POST", "/api/v1/csv/import", import_body)
             return int(document["rows_imported"])
 
+        growth = peak_growth_mib(pid, api_import)
         api = timed(api_import, rows, options.repeat)
         driver = timed(lambda: driver_import(engine, content), rows, options.repeat)
         with tempfile.TemporaryDirectory() as directory:
             bulk = None
             if bulk_import(engine, content, directory) == rows:
                 bulk = timed(lambda: bulk_import(engine, content, directory), rows, options.repeat)
-        growth = peak_growth_mib(pid, api_import)
         figures.append(
             Figure(
                 engine.db_type,

@@ -21,20 +21,21 @@ NULL, and the database converts the rest. All or nothing: the rows go in as mult
 inside one transaction on the session's ``edit`` connection (never the user's transaction), and
 a refusal rolls it back and answers 400 naming the lines. The file travels inside the JSON
 body, which this route alone takes up to 64 MiB (``security.LARGE_BODY_ROUTES``; 413 past it).
-The body's bytes are dropped once decoded, and the text is parsed line by line and inserted
-``MAX_ROWS_PER_INSERT`` rows at a time: beyond the text itself, memory stays flat.
+The body is held once, as its bytes: the file's text is decoded a megabyte at a time
+(``bigtext``), parsed line by line and inserted ``MAX_ROWS_PER_INSERT`` rows at a time.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from dbtkd.app.bigtext import TextPieces, read_with_text
 from dbtkd.app.data import placeholder, schema_of, transaction
 from dbtkd.app.db.engine import DatabaseError
 from dbtkd.app.db.profiles import Profile
@@ -169,14 +170,10 @@ def _columns(header: list[str], names: list[str]) -> list[str]:
     return mapped
 
 
-async def _read_body(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, its bytes dropped as soon as they are decoded. orjson
-    decodes the file's text straight into one string (the stdlib parser joins pieces, a
-    second copy); anything it refuses goes to the API's parser for the API's answer."""
-    import orjson
-
+async def _read_body(request: Request) -> tuple[dict[str, Any], Any]:
+    """The body's fields, and ``csv_content`` as pieces of text (see ``bigtext``)."""
     # Sized from Content-Length (the gate has checked it against the cap), so the buffer is
-    # never grown by copying: the peak is the body once plus its decoded text.
+    # never grown by copying.
     declared = request.headers.get("content-length", "")
     received = bytearray(int(declared) if declared.isdigit() else 0)
     filled = 0
@@ -184,31 +181,28 @@ async def _read_body(request: Request) -> dict[str, Any]:
         received[filled : filled + len(chunk)] = chunk
         filled += len(chunk)
     del received[filled:]
-    try:
-        value = orjson.loads(received)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        return parse_object(received)
-    return value
+    return read_with_text(received, "csv_content")
 
 
-def _lines(text: str) -> Iterator[str]:
-    """``text`` line by line, each with its line end (as ``csv.reader`` reads a file)."""
-    start, size = 0, len(text)
-    while start < size:
-        end = text.find("\n", start)
-        end = size if end < 0 else end + 1
-        yield text[start:end]
-        start = end
+def _lines(pieces: Iterable[str]) -> Iterator[str]:
+    """The text line by line, each with its line end (as ``csv.reader`` reads a file)."""
+    for text in pieces:
+        start, size = 0, len(text)
+        while start < size:
+            end = text.find("\n", start)
+            end = size if end < 0 else end + 1
+            yield text[start:end]
+            start = end
 
 
 async def import_csv(request: Request) -> Response:
-    body = await _read_body(request)
-    connection_id, content = body.pop("connection_id", None), body.pop("csv_content", None)
+    body, content = await _read_body(request)
+    connection_id = body.get("connection_id")
     if not isinstance(connection_id, str):
         raise invalid(f"expected connection_id of a saved connection; got {connection_id!r:.60}")
-    if not isinstance(content, str):
+    if isinstance(content, str):
+        content = [content]
+    elif not isinstance(content, TextPieces):
         raise invalid("expected csv_content to be the file's text")
     delimiter = check_delimiter(body.get("delimiter") or ",")
     reader = csv.reader(_lines(content), delimiter=delimiter)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 from dbtkctl.client import Client, ensure_running, last_start_errors, upgrade_if_older
 from dbtkd import __version__, paths, protocol
-from dbtkd.errors import DaemonError, DbtkError, NotRunning, environment_problem
+from dbtkd.errors import DaemonError, DbtkError, NotRunning, UsageError, environment_problem
 from dbtkd.procstats import pid_alive
 
 TYPE_CHECKING = False  # typing and argparse cost ~7 ms; see _fast_args
@@ -140,13 +140,15 @@ def do_start(args: argparse.Namespace | SimpleNamespace) -> int:
     verb = "started" if started else "already running"
     _emit(
         args,
-        _port_document(result, started, args.handoff) | {"token": None},
+        _port_document(result, started, args.handoff),  # the same document as port --json
         f"dbtkd {verb}: pid {result['pid']}, {result['url']}",
     )
     return 0
 
 
 def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
+    if not args.timeout >= 0 or args.timeout == float("inf"):
+        raise UsageError(f"--timeout: expected a number of seconds >= 0, got {args.timeout:g}")
     unit = _waiting_socket_unit(args)
     if unit is not None:
         _emit(
@@ -190,9 +192,26 @@ def do_stop(args: argparse.Namespace | SimpleNamespace) -> int:
 
 
 def do_restart(args: argparse.Namespace | SimpleNamespace) -> int:
+    """A new worker on the same port (the supervisor and token stay); a stopped daemon is
+    started instead, as ``systemctl restart`` and ``docker restart`` do."""
     client = _client(args)
-    result = client.call("restart")
-    _emit(args, result, f"worker restarted: pid {result['worker_pid']}, port {result['port']}")
+    try:
+        result = client.call("restart")
+    except NotRunning:
+        started, _ = _running_port(args)
+        result = {
+            "started": True,
+            "pid": started["pid"],
+            "port": started["port"],
+            "url": started["url"],
+        }
+        _emit(args, result, f"dbtkd was not running; started: pid {result['pid']}, {result['url']}")
+        return 0
+    _emit(
+        args,
+        result | {"started": False},
+        f"worker restarted: pid {result['worker_pid']}, port {result['port']}",
+    )
     return 0
 
 
@@ -241,7 +260,7 @@ def _format_status(status: dict[str, Any]) -> str:
         f"  restarts     {restarts}",
         f"  memory       {_format_processes(status.get('processes') or {})}",
         f"  clients      {clients}",
-        f"  idle exit    {status['idle_exit'] or 'off'}",
+        f"  idle exit    {_seconds(status['idle_exit'])}",
         f"  control      {status['control_socket']}",
         f"  home         {status['home'] or '(per-OS defaults)'}",
         f"  log          {status['log_file']}",
@@ -257,6 +276,10 @@ def _format_status(status: dict[str, Any]) -> str:
         lines.insert(2, f"  last exit    {error.get('exit')}")
         lines[3:3] = ["  last output  " + line for line in error.get("stderr", [])]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "off" if not value else f"{value:g} s"
 
 
 def _format_processes(processes: dict[str, Any]) -> str:
@@ -309,6 +332,8 @@ def do_status(args: argparse.Namespace | SimpleNamespace) -> int:
 def do_logs(args: argparse.Namespace | SimpleNamespace) -> int:
     from dbtkd.logfile import tail
 
+    if args.lines < 0:
+        raise UsageError(f"--lines: expected a number of lines >= 0, got {args.lines}")
     log_file = paths.data_paths(home=args.home).log_file
     if args.follow:
         try:
@@ -316,18 +341,24 @@ def do_logs(args: argparse.Namespace | SimpleNamespace) -> int:
         except NotRunning:
             print(f"dbtkctl: dbtkd is not running; showing {log_file}", file=sys.stderr)
         else:
+            # With --json, one JSON document per line ({"line": ...}), as follow streams do.
+            def show(line: str) -> None:
+                print(json.dumps({"line": line}) if args.json else line, flush=True)
+
             for line in result["lines"]:
-                print(line)
-            sys.stdout.flush()
+                show(line)
             try:
                 for event in events:
                     if event.get("event") == "log":
-                        print(event["line"], flush=True)
+                        show(event["line"])
             except KeyboardInterrupt:
                 return 0
             return 0
     lines = tail(log_file, args.lines)
-    if args.json:
+    if args.json and args.follow:  # not running: the lines as JSON lines all the same
+        for line in lines:
+            print(json.dumps({"line": line}))
+    elif args.json:
         print(json.dumps({"log_file": log_file, "lines": lines}))
     else:
         for line in lines:
@@ -417,64 +448,167 @@ def _fast_args(argv: list[str]) -> SimpleNamespace | None:
     return args if args.verb is not None else None
 
 
+class _UsageError(UsageError):
+    """A command line argparse refused; ``usage`` is the command's usage line."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
-    common = argparse.ArgumentParser(add_help=False)
+    class Parser(argparse.ArgumentParser):
+        """argparse that raises instead of printing and exiting, so a usage error keeps the
+        ``--json`` promise (one document on stdout) like every other outcome."""
+
+        def error(self, message: str) -> Any:
+            raise _UsageError(message, self.format_usage().strip())
+
+    common = Parser(add_help=False)
     common.add_argument(
         "--home",
         default=argparse.SUPPRESS,
-        help="profile directory (default: $DBTK_HOME, else per-OS dirs)",
+        help="profile directory: the daemon, its files and its data live under it "
+        "(default: $DBTK_HOME, else the per-OS directories)",
     )
     common.add_argument(
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print exactly one JSON document on stdout",
+        help="print exactly one JSON document on stdout, whatever happens (logs -f: one per line)",
     )
-    spawn = argparse.ArgumentParser(add_help=False)
-    spawn.add_argument("--port-range", help="for a daemon started here: A-B or 0")
-    spawn.add_argument("--idle-exit", help="for a daemon started here: seconds (default 600)")
+    spawn = Parser(add_help=False)
+    spawn.add_argument(
+        "--port-range",
+        metavar="A-B",
+        help="for a daemon started by this command: ports to try, or 0 for any free one "
+        "(default 8000-8100)",
+    )
+    spawn.add_argument(
+        "--idle-exit",
+        metavar="SECONDS",
+        help="for a daemon started by this command: exit this long after the last client "
+        "(default: DBTK_IDLE_EXIT, else idle_exit in dbtkd.toml, else 600)",
+    )
     spawn.add_argument(
         "--takeover",
         action="store_true",
         help="upgrade an older running daemon even if either version is a development build",
     )
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dbtkctl",
         parents=[common],
-        description="Control the per-user DB Toolkit backend daemon (dbtkd).",
-        epilog="exit codes: 0 ok, 1 failure, 2 usage, 3 not running, 4 could not start/failed",
+        description="Control the per-user DB Toolkit backend daemon (dbtkd): start it, find "
+        "its port, stop it, and see what it is doing.",
+        epilog="exit codes: 0 ok, 1 failure, 2 usage, 3 not running, 4 could not start or "
+        "failed. `dbtkctl COMMAND --help` describes each command.",
     )
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
-    port = verbs.add_parser(
-        "port", parents=[common, spawn], help="print the port, starting the daemon if needed"
+
+    def command(name: str, summary: str, description: str, *parents: Any) -> Any:
+        return verbs.add_parser(
+            name, parents=[common, *parents], help=summary, description=description
+        )
+
+    port = command(
+        "port",
+        "print the daemon's port, starting it if needed",
+        "Print the port of your dbtkd, starting one if none runs (it then exits after its "
+        "idle time without clients). With --json: port, url, token, pid, version, started, "
+        "handoff.",
+        spawn,
     )
-    port.add_argument("--no-start", action="store_true", help="exit 3 if not running")
-    url = verbs.add_parser("url", parents=[common, spawn], help="print http://127.0.0.1:PORT")
-    url.add_argument("--no-start", action="store_true", help="exit 3 if not running")
-    start = verbs.add_parser("start", parents=[common, spawn], help="start the daemon")
+    port.add_argument("--no-start", action="store_true", help="never start; exit 3 if none runs")
+    url = command(
+        "url",
+        "print http://127.0.0.1:PORT, starting the daemon if needed",
+        "Print the daemon's base URL (always 127.0.0.1), starting one if none runs.",
+        spawn,
+    )
+    url.add_argument("--no-start", action="store_true", help="never start; exit 3 if none runs")
+    start = command(
+        "start",
+        "start the daemon (nothing to do if it runs)",
+        "Start dbtkd in the background unless it already runs; print its pid and URL.",
+        spawn,
+    )
     start.add_argument(
-        "--foreground", action="store_true", help="run dbtkd in this terminal (no idle exit)"
+        "--foreground",
+        action="store_true",
+        help="run dbtkd in this terminal instead (no idle exit; Ctrl-C stops it)",
     )
-    stop = verbs.add_parser("stop", parents=[common], help="stop the daemon")
+    stop = command(
+        "stop",
+        "stop the daemon",
+        "Stop dbtkd: running jobs (backups, restores) get --timeout seconds to finish, then are "
+        "cancelled; connections close; the port is released.",
+    )
     stop.add_argument(
         "--timeout",
         type=float,
         default=STOP_TIMEOUT,
-        help="seconds to let running jobs finish (default 5)",
+        metavar="SECONDS",
+        help=f"how long running jobs may take to finish (default {STOP_TIMEOUT:g} s)",
     )
-    stop.add_argument("--wait", action="store_true", help="wait for running jobs to finish")
-    verbs.add_parser("restart", parents=[common], help="restart the worker (port kept)")
-    verbs.add_parser("status", parents=[common], help="show the daemon's state")
-    logs = verbs.add_parser("logs", parents=[common], help="show the daemon's log")
-    logs.add_argument("-n", "--lines", type=int, default=DEFAULT_LOG_LINES)
-    logs.add_argument("-f", "--follow", action="store_true")
-    service = verbs.add_parser("service", parents=[common], help="manage the login item")
-    service.add_argument("action", choices=["install", "uninstall", "status"])
-    service.add_argument("--dry-run", action="store_true")
-    verbs.add_parser("version", parents=[common], help="client and daemon versions")
+    stop.add_argument(
+        "--wait", action="store_true", help="wait for running jobs however long they take"
+    )
+    command(
+        "restart",
+        "replace the worker, same port and token; start the daemon if stopped",
+        "Replace the worker process (the supervisor, port and token stay, so clients keep "
+        "working). If no daemon runs, start one, as systemctl restart does.",
+        spawn,
+    )
+    command(
+        "status",
+        "show state, pids, port, restarts, clients, memory and paths",
+        "Show the daemon's state and where its files are. Exit 0 running, 3 stopped (with the "
+        "reason if the last start failed), 4 failed.",
+    )
+    logs = command(
+        "logs",
+        "show the daemon's log",
+        "Print the end of the daemon's log file (it need not be running).",
+    )
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=int,
+        default=DEFAULT_LOG_LINES,
+        metavar="N",
+        help=f"how many of the last lines to print (default {DEFAULT_LOG_LINES})",
+    )
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines as the daemon writes them, until Ctrl-C",
+    )
+    service = command(
+        "service",
+        "install, remove or inspect the login item",
+        "Manage the login item that starts dbtkd when you log in: a systemd user unit "
+        "(Linux), a LaunchAgent (macOS) or a logon task (Windows).",
+    )
+    service.add_argument(
+        "action",
+        choices=["install", "uninstall", "status"],
+        help="install or uninstall the login item, or show whether it is installed",
+    )
+    service.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be written and run, change nothing",
+    )
+    command(
+        "version",
+        "print the versions of dbtkctl and of the running daemon",
+        "Print this dbtkctl's version and protocol, and the running daemon's if one runs.",
+    )
     return parser
 
 
@@ -484,8 +618,13 @@ def main(argv: list[str] | None = None) -> int:
     if args is None:
         try:
             args = _parser().parse_args(argv)
-        except SystemExit as exc:  # argparse: --help is 0, bad usage is 2
+        except SystemExit as exc:  # --help (0)
             return int(exc.code or 0)
+        except _UsageError as exc:
+            # --json anywhere, even misplaced: the caller asked for one document.
+            _fail(SimpleNamespace(json="--json" in argv), str(exc), exc.exit_code)
+            print(exc.usage, file=sys.stderr)
+            return exc.exit_code
         args.home = getattr(args, "home", None)
         args.json = getattr(args, "json", False)
     handler = globals()["do_" + args.verb]

@@ -38,3 +38,20 @@ def daemon(home: Path, reaper: ProcessReaper) -> Daemon:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# In CI (CI=true) a skipped test is a check that did not run: it fails instead, except the frozen
+# tests, which .ci/run runs in their own pass against the build.
+SKIPS_ALLOWED_IN_CI = ("frozen pass only",)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or os.environ.get("CI") != "true":
+        return
+    reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if not any(allowed in reason for allowed in SKIPS_ALLOWED_IN_CI):
+        report.outcome = "failed"
+        report.longrepr = f"skipped with CI=true, where every check must run: {reason}"

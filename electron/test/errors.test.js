@@ -86,6 +86,21 @@ test('a port range that is all taken is port_range_exhausted', { timeout: 60000 
   assert.deepEqual(supervisorsOf(ctx.home), [], 'no daemon may stay behind');
 });
 
+test('a daemon that refuses its dbtkd.toml says why, in its own words', { timeout: 60000 }, async (t) => {
+  const ctx = makeHome(t);
+  fs.mkdirSync(path.join(ctx.home, 'config'), { recursive: true });
+  fs.writeFileSync(path.join(ctx.home, 'config', 'dbtkd.toml'), 'log_levle = "debug"\n');
+  const manager = new BackendManager({ home: ctx.home, dbtkctl: requireDbtkctl(), portRange: '0' });
+  t.after(() => manager.close());
+  await assert.rejects(manager.ensureBackend(), (err) => {
+    assertDialogReady(err, CODES.DAEMON_FAILED);
+    // On 4ca2263: "dbtkd exited with status 2 while starting" and an empty log, nothing more.
+    assert.match(err.message, /dbtkd\.toml: unknown key 'log_levle'; known keys: /);
+    return true;
+  });
+  assert.deepEqual(supervisorsOf(ctx.home), [], 'no daemon may stay behind');
+});
+
 test('a worker that cannot start is daemon_failed, and a lease hears `failed`', { timeout: 90000 }, async (t) => {
   const ctx = makeHome(t);
   const env = { ...process.env, DBTK_TEST_FAULTS: 'crash_on_start' };

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, fdlimit, handoff, lock, port, spawn, state, subreaper
+from dbtkd import __version__, fdlimit, handoff, lock, port, spawn, state
 from dbtkd.errors import DbtkError, StartFailed, environment_problem
 from dbtkd.logfile import LogFile
 from dbtkd.settings import LOG_LEVELS, Settings, load
@@ -133,6 +133,8 @@ def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
     )
     # After the spawn, so loading ctypes overlaps the worker's start-up. Early enough: a
     # program can only be started by a request, and the worker serves none for ~100 ms.
+    from dbtkd import subreaper  # imports asyncio: only once the worker is on its way
+
     launch.subreaper = subreaper.become_subreaper()
     return launch
 

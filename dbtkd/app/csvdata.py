@@ -19,7 +19,8 @@ columns by name (exact, then case-insensitive; an unknown header is 422 naming i
 headers fields map to the table's columns in order. Fields arrive as text, an empty one is
 NULL, and the database converts the rest. All or nothing: the rows go in as multi-row INSERTs
 inside one transaction on the session's ``edit`` connection (never the user's transaction), and
-a refusal rolls it back and answers 400 naming the lines. The file travels inside the JSON
+a refusal rolls it back and answers 400 naming the first line refused (a line with the wrong
+number of fields is 400 ``bad_csv`` naming it). The file travels inside the JSON
 body, which this route alone takes up to 64 MiB (``security.LARGE_BODY_ROUTES``; 413 past it).
 The body is held once, as its bytes: the file's text is decoded a megabyte at a time
 (``bigtext``), parsed line by line and inserted ``MAX_ROWS_PER_INSERT`` rows at a time.
@@ -248,29 +249,48 @@ class _Target:
         names = ", ".join(quote_identifier(self.db_type, c) for c in columns)
         per_statement = max(1, min(MAX_ROWS_PER_INSERT, MAX_PARAMETERS // max(1, len(columns))))
         total = 0
-        chunk: list[list[str]] = []
-        first_line = reader.line_num + 1
+        chunk: list[tuple[int, list[str]]] = []  # (line number, fields)
         for row in reader:
             if not row:
                 continue  # a blank line is no row
             if len(row) != len(columns):
-                raise invalid(
+                raise ApiError(
+                    400,
+                    "bad_csv",
                     f"expected {len(columns)} fields on every line; line {reader.line_num} has "
-                    f"{len(row)}, so nothing was imported"
+                    f"{len(row)}, so nothing was imported",
                 )
-            chunk.append(row)
+            chunk.append((reader.line_num, row))
             if len(chunk) == per_statement:
-                await self._statement(engine, names, chunk, first_line, reader.line_num)
+                await self._chunk(engine, names, chunk)
                 total += len(chunk)
-                chunk, first_line = [], reader.line_num + 1
+                chunk = []
         if chunk:
-            await self._statement(engine, names, chunk, first_line, reader.line_num)
+            await self._chunk(engine, names, chunk)
             total += len(chunk)
         return total
 
-    async def _statement(
-        self, engine: Any, names: str, rows: list[list[str]], first: int, last: int
-    ) -> None:
+    async def _chunk(self, engine: Any, names: str, rows: list[tuple[int, list[str]]]) -> None:
+        """One multi-row INSERT behind a savepoint; if the database refuses it, the rows one
+        by one from the savepoint, to name the first line it refuses."""
+        await self._run(engine, "SAVEPOINT dbtk_import")
+        try:
+            await self._insert(engine, names, [fields for _, fields in rows])
+        except DatabaseError as error:
+            await self._run(engine, "ROLLBACK TO SAVEPOINT dbtk_import")
+            for line, fields in rows:
+                try:
+                    await self._insert(engine, names, [fields])
+                except DatabaseError as refused:
+                    raise DatabaseError(
+                        f"line {line} was refused, so nothing was imported: {refused.message}"
+                    ) from None
+            raise DatabaseError(  # each line alone went in: the statement as a whole did not
+                f"the import of lines {rows[0][0]}-{rows[-1][0]} was refused, so nothing was "
+                f"imported: {error.message}"
+            ) from None
+
+    async def _insert(self, engine: Any, names: str, rows: list[list[str]]) -> None:
         params: list[Any] = []
         groups = []
         for row in rows:
@@ -279,16 +299,10 @@ class _Target:
                 params.append(None if field == "" else field)
                 markers.append(placeholder(self.db_type, len(params)))
             groups.append("(" + ", ".join(markers) + ")")
-        try:
-            await engine.execute(
-                f"INSERT INTO {self.table_sql} ({names}) VALUES {', '.join(groups)}",
-                params,
-                limit=1,
-                offset=0,
-                time_limit=EXPORT_TIMEOUT,
-            )
-        except DatabaseError as error:
-            raise DatabaseError(
-                f"the import of lines {first}-{last} was refused, so nothing was imported: "
-                f"{error.message}"
-            ) from None
+        await self._run(
+            engine, f"INSERT INTO {self.table_sql} ({names}) VALUES {', '.join(groups)}", params
+        )
+
+    @staticmethod
+    async def _run(engine: Any, sql: str, params: list[Any] | None = None) -> None:
+        await engine.execute(sql, params, limit=1, offset=0, time_limit=EXPORT_TIMEOUT)

@@ -51,8 +51,12 @@ def acquire_instance_lock(path: str) -> int:
         finally:
             os.close(fd)
         raise AlreadyRunning(f"another dbtkd (pid {holder}) already serves this profile")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk: say which file (fd writes name none)
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror, path) from None
     return fd
 
 

@@ -6,6 +6,7 @@ from ``logfile.py`` (``OSError: [Errno 30]``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -58,3 +59,17 @@ def test_a_file_where_the_log_directory_should_be(home: Path, reaper: ProcessRea
     assert ctl.code == 4, ctl.err
     assert f"cannot use {home / 'logs'}" in ctl.json()["error"]
     assert os.path.isfile(home / "logs")  # nothing was moved or removed
+
+
+@needs_root
+def test_a_full_home_is_one_line_naming_the_file_and_exit_4(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with small_tmpfs(home, "64k", "0700"):
+        filler = home / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as file:
+            while True:
+                file.write(b"\0" * 4096)
+        done = run_dbtkd(home)
+        assert done.returncode == 4, done.stderr
+        assert_one_line(done.stderr, f"dbtkd: cannot use {home}", "disk is full")

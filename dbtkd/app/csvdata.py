@@ -32,6 +32,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -129,15 +130,37 @@ class _ExportResponse(Response):
                 )
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-        try:
-            async with self.sessions.use(self.profile, "query", wait=EXPORT_TIMEOUT) as engine:
-                count = await engine.stream(
-                    self.query, None, batch=EXPORT_BATCH_ROWS, time_limit=EXPORT_TIMEOUT, sink=sink
-                )
-        except DatabaseError as error:
-            if not sent:
-                raise ApiError(400, "database_refused", error.message) from None
-            raise ExportBrokenError(f"export stopped midway: {error.message}") from None
+        async def stop_when_the_client_leaves(scope: anyio.CancelScope) -> None:
+            # The body was read before this response; what comes now is the disconnect. A
+            # client gone must not keep a statement running for the whole export timeout.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            scope.cancel()
+
+        count: int | None = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(stop_when_the_client_leaves, group.cancel_scope)
+            try:
+                async with self.sessions.use(self.profile, "query", wait=EXPORT_TIMEOUT) as engine:
+                    count = await engine.stream(
+                        self.query,
+                        None,
+                        batch=EXPORT_BATCH_ROWS,
+                        time_limit=EXPORT_TIMEOUT,
+                        sink=sink,
+                    )
+            except DatabaseError as error:
+                failure = ApiError(400, "database_refused", error.message)
+                if sent:
+                    failure = ExportBrokenError(f"export stopped midway: {error.message}")
+            except Exception as error:  # raised below, outside the task group (no group)
+                failure = error
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if count is None:
+            return  # the client left: nothing more to send
         tail = f'","row_count":{count}}}'.encode()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

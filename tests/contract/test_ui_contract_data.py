@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from typing import Any
 
 from tests.app.db.support import Api, DbServer
 from tests.contract.test_ui_contract import schema_name
+from tests.support import wait_until
 
 LONG = "x" * 150
 ROWS = [
@@ -321,6 +323,43 @@ def test_a_large_export_is_streamed_whole(api: Api, server: DbServer) -> None:
         "POST", "/api/v1/csv/export", {**body, "query": "SELECT i, label FROM numbers WHERE i < 0"}
     )
     assert empty == {"csv_content": "i,label\r\n", "row_count": 0}
+
+
+def test_an_export_whose_client_leaves_stops_its_statement(api: Api, postgres: DbServer) -> None:
+    """The export's statement is cancelled when the client goes away, instead of running on
+    for the export's 300 s (on 69d35a8 it ran to its end with nobody reading)."""
+    from tests.app.db.conftest import pg_admin
+
+    connection = api.create(postgres)
+    marker = "export_left_behind_42"
+    query = f"SELECT pg_sleep(0.01), g AS {marker} FROM generate_series(1, 100000) g"
+    body = json.dumps({"connection_id": connection, "query": query}).encode()
+    admin = pg_admin()
+
+    def running() -> int:
+        rows = admin.fetch(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1",
+            f"%{marker}%",
+        )
+        return int(rows[0][0])
+
+    client = socket.create_connection(("127.0.0.1", api.daemon.port), timeout=10)
+    try:
+        client.sendall(
+            f"POST /api/v1/csv/export HTTP/1.1\r\nHost: 127.0.0.1:{api.daemon.port}\r\n"
+            f"Authorization: Bearer {api.daemon.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_until(lambda: running() == 1, 20, what="the export's statement to run")
+    finally:
+        client.close()
+    try:
+        wait_until(lambda: running() == 0, 20, what="the statement to be cancelled")
+    finally:
+        admin.close()
+    # The connection is usable at once for the next request.
+    assert api.run(connection, "SELECT 1")["rows"] == [[1]]
 
 
 def test_a_large_import_goes_in_whole_and_the_body_cap_is_64_mib(

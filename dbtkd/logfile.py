@@ -4,7 +4,8 @@ The worker writes to stderr; the supervisor reads those lines and logs them here
 ``worker[pid]`` prefix, so there is exactly one writer and rotation never races. Followers
 (``logs`` with ``follow`` on the control socket) are fed from the same handler instead of
 polling the file. Every line passes through ``redact`` first: the token must never reach disk,
-whatever a library decides to print.
+whatever a library decides to print. dbtkctl imports it (``tail``, for ``logs`` and start failures):
+stdlib only.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The socket is bound once, on loopback only, and never closed while the daemon lives: workers
 come and go, the port stays, and connections made while no worker serves wait in the backlog.
 In state ``failed`` the supervisor itself answers every connection with 503 from a duplicate of
-the socket, using no CPU between connections.
+the socket, using no CPU between connections. dbtkctl imports it (``parse_port_range``): stdlib
+only, asyncio imported inside the functions that use it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ and the worker side: ``sock, bind = import_in_child(info)``.
 
 The OS is chosen once, in ``_WINDOWS``; tests flip it to run the other branch. ``socket.share``
 and ``socket.fromshare`` sit behind ``_share`` / ``_fromshare`` so Linux can exercise the
-Windows branch.
+Windows branch. dbtkctl imports it (through ``dbtkd.port``): stdlib only.
 """
 
 from __future__ import annotations

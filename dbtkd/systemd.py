@@ -2,7 +2,8 @@
 
 Both are a few lines over a datagram socket and a pair of environment variables, so they are
 written here rather than pulled in as a dependency. Neither does anything unless systemd set
-the variables, and the supervisor strips them before spawning its worker.
+the variables, and the supervisor strips them before spawning its worker. dbtkctl imports it
+(the variables it must not hand to a daemon it spawns): stdlib only.
 """
 
 from __future__ import annotations

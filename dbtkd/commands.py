@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dbtkd import __version__, handoff, protocol
 from dbtkd.control import ALREADY_REPLIED, Stream
 from dbtkd.logfile import tail
+from dbtkd.policy import State
 from dbtkd.protocol import Request, RequestError
 
 if TYPE_CHECKING:
@@ -93,23 +94,24 @@ class ControlCommands:
         }
 
     async def _require_ready(self) -> None:
-        if self.daemon.state == "failed":
-            raise RequestError(
-                protocol.NOT_READY,
-                f"daemon failed: {self.daemon.error['reason']}"
-                if self.daemon.error
-                else "daemon failed",
-            )
         deadline = time.monotonic() + WORKER_READY_TIMEOUT
-        while self.daemon.state not in ("running", "failed"):
+        while True:
+            state: State = self.daemon.state
+            if state == State.FAILED:
+                raise RequestError(
+                    protocol.NOT_READY,
+                    f"daemon failed: {self.daemon.error['reason']}"
+                    if self.daemon.error
+                    else "daemon failed",
+                )
+            if state == State.RUNNING:
+                return
             try:
                 await asyncio.wait_for(
                     self.daemon.state_changed.wait(), deadline - time.monotonic()
                 )
             except TimeoutError:
                 raise RequestError(protocol.NOT_READY, "the worker is not ready yet") from None
-        if self.daemon.state == "failed":
-            return await self._require_ready()
 
     async def cmd_port(self, request: Request, stream: Stream | None) -> dict[str, Any]:
         if not self.daemon.handed_off:  # after a handoff: same port and token, answer at once
@@ -152,7 +154,7 @@ class ControlCommands:
 
     async def cmd_restart(self, request: Request, stream: Stream | None) -> dict[str, Any]:
         done = self.daemon.restart_done = asyncio.Event()
-        if self.daemon.state == "failed":
+        if self.daemon.state == State.FAILED:
             log.info("restart requested: leaving state failed")
             self.daemon.resume.set()
         else:
@@ -250,7 +252,7 @@ class ControlCommands:
                 f"may take over, not {version}",
             )
         if (
-            self.daemon.state != "running"
+            self.daemon.state != State.RUNNING
             or self.daemon.handoff_pending
             or self.daemon.control_server is None
         ):

@@ -6,12 +6,12 @@ socket → worker → worker answers ``GET /health`` → state files → ``BACKE
 The listening socket never closes while the daemon lives, so the port is stable and, while a
 worker restarts, new connections wait in the kernel backlog instead of being refused.
 
-Crash policy (DESIGN §2): a worker that had become ready is restarted at once; one that dies
-before becoming ready is restarted with exponential backoff, and more than
-``START_FAILURE_BUDGET`` such failures within ``START_FAILURE_WINDOW`` put the daemon in state
-``failed``, where the supervisor itself answers every connection on the port with 503 until
-``restart``. A watchdog pings the worker over its private pipe; no answer within the watchdog
-timeout gets a stack dump request (SIGUSR1), then SIGKILL and a restart.
+Crash policy (DESIGN §2, decided by ``policy.RestartPolicy``): a worker that had become ready
+is restarted at once; one that dies before becoming ready is restarted with exponential
+backoff, and too many such failures in a minute put the daemon in state ``failed``, where the
+supervisor itself answers every connection on the port with 503 until ``restart``. A watchdog
+pings the worker over its private pipe; no answer within the watchdog timeout gets a stack dump
+request (SIGUSR1), then SIGKILL and a restart.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import time
@@ -34,6 +33,7 @@ from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
 from dbtkd.launch import Launch
+from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
 
 SECONDS = 1.0
@@ -41,12 +41,6 @@ SECONDS = 1.0
 # may take in all.
 WORKER_STOP_TIMEOUT = 4.5 * SECONDS
 WORKER_READY_TIMEOUT = 30 * SECONDS  # a cold start on a slow disk, with room to spare
-BACKOFF_FIRST = 0.1 * SECONDS
-BACKOFF_MAX = 10 * SECONDS
-BACKOFF_JITTER = 0.2  # ±20 %, so several daemons of one user do not retry in lockstep
-START_FAILURE_BUDGET = 5
-START_FAILURE_WINDOW = 60 * SECONDS
-HEALTHY_AFTER = 10 * SECONDS  # a worker ready this long resets backoff and budget
 KEEPALIVE_INTERVAL = 15 * SECONDS
 # A state or port file a full or read-only disk refused is written again this often, so that
 # clients reading it find the daemon soon after space returns; one failed attempt costs a few
@@ -71,12 +65,12 @@ class Supervisor:
         self.nonce = launch.nonce
         self.token = launch.token
         self.started_at = launch.started_at
-        self.state = "starting"
+        self.state = State.STARTING
         self.state_changed = asyncio.Event()
         self.error: dict[str, Any] | None = None
         self.worker: Worker | None = None
         self.restarts: collections.Counter[str] = collections.Counter()
-        self.start_failures: collections.deque[float] = collections.deque()
+        self.policy = RestartPolicy()
         self.leases: dict[int, dict[str, Any]] = {}
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -191,7 +185,7 @@ class Supervisor:
             runtime.control_socket, self.control.on_connect, sock=sock
         )
 
-    def _set_state(self, new_state: str) -> None:
+    def _set_state(self, new_state: State) -> None:
         self.state = new_state
         changed, self.state_changed = self.state_changed, asyncio.Event()
         changed.set()
@@ -201,7 +195,7 @@ class Supervisor:
             reason = f"signal {signal.Signals(signum).name}" if signum else reason
             log.info("stopping on %s", reason)
             systemd.notify("STOPPING=1", self.env)
-            self._set_state("stopping")
+            self._set_state(State.STOPPING)
             self.stopping.set()
 
     async def _cleanup(self) -> None:
@@ -227,7 +221,6 @@ class Supervisor:
     # ----- the worker ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        backoff = BACKOFF_FIRST
         while not self.stopping.is_set():
             if self.unadopted is None:
                 assert self.listener is not None
@@ -261,37 +254,29 @@ class Supervisor:
             if taking_over and not ready:
                 self._fail_takeover(worker, timeout)
                 return
-            cause = worker.cause()
-            if worker.ready_at is not None:
-                if time.monotonic() - worker.ready_at >= HEALTHY_AFTER:
-                    backoff = BACKOFF_FIRST
-                    self.start_failures.clear()
+            decision = self.policy.on_exit(
+                ready_since=worker.ready_at, fatal=worker.proc.returncode == EXIT_CONFIG
+            )
+            if isinstance(decision, Restart):
+                cause = worker.cause()
                 self.restarts[cause] += 1
                 self.last_cause = cause
                 log.warning("worker %d %s; restarting", worker.pid, cause)
-                self._set_state("starting")
-                continue
-            if worker.proc.returncode == EXIT_CONFIG:
+                self._set_state(State.STARTING)
+            elif isinstance(decision, Fail) and decision.fatal:
                 # Retrying cannot fix a configuration error: report it once and wait.
                 await self._enter_failed(worker, "hit a fatal configuration error", fatal=True)
-                backoff = BACKOFF_FIRST
-                continue
-            now = time.monotonic()
-            self.start_failures.append(now)
-            while self.start_failures and now - self.start_failures[0] > START_FAILURE_WINDOW:
-                self.start_failures.popleft()
-            reason = describe_exit(worker.proc.returncode)
-            if len(self.start_failures) > START_FAILURE_BUDGET:
-                await self._enter_failed(worker, reason)
-                backoff = BACKOFF_FIRST
-                continue
-            delay = backoff * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
-            log.warning(
-                "worker %d %s before it was ready; retrying in %.2f s", worker.pid, reason, delay
-            )
-            backoff = min(backoff * 2, BACKOFF_MAX)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            elif isinstance(decision, Fail):
+                await self._enter_failed(worker, describe_exit(worker.proc.returncode))
+            else:
+                log.warning(
+                    "worker %d %s before it was ready; retrying in %.2f s",
+                    worker.pid,
+                    describe_exit(worker.proc.returncode),
+                    decision.delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), decision.delay)
 
     def _fail_takeover(self, worker: Worker, timeout: float) -> None:
         """Our first worker did not answer: leave everything to the daemon we meant to replace."""
@@ -320,7 +305,7 @@ class Supervisor:
     async def _on_ready(self, worker: Worker) -> None:
         if self.handoff_connection is not None:
             await self._complete_takeover()
-        self._set_state("running")
+        self._set_state(State.RUNNING)
         self.error = None
         self.ready.set()
         log.info("worker %d ready on port %d", worker.pid, self.port)
@@ -391,7 +376,7 @@ class Supervisor:
             await asyncio.sleep(STATE_RETRY_INTERVAL)
             # Only while we serve and the files are ours: after a handoff they are the
             # successor's, and when stopping they are about to be removed.
-            if self.state_unwritten and self.state == "running" and self.owns_files:
+            if self.state_unwritten and self.state == State.RUNNING and self.owns_files:
                 self._write_state_files()
 
     def _worker_pids(self) -> list[int]:
@@ -472,7 +457,7 @@ class Supervisor:
 
     async def running_jobs(self) -> list[dict[str, Any]]:
         """The worker's running jobs, from a fresh pong."""
-        if self.worker is None or self.state != "running":
+        if self.worker is None or self.state != State.RUNNING:
             return []
         await self.worker.fresh_activity(self._view_for_worker(), FRESH_PONG_TIMEOUT)
         return list(self.worker.activity.get("job_list") or [])
@@ -480,12 +465,12 @@ class Supervisor:
     # ----- failed state --------------------------------------------------------------------
 
     async def _enter_failed(self, worker: Worker, reason: str, *, fatal: bool = False) -> None:
-        self._set_state("failed")
+        self._set_state(State.FAILED)
         self.error = {
             "reason": f"worker {reason}"
             if fatal
             else f"worker {reason} before it was ready, "
-            f"{len(self.start_failures)} times in {START_FAILURE_WINDOW:.0f} s",
+            f"{self.policy.failures} times in {START_FAILURE_WINDOW:.0f} s",
             "exit": describe_exit(worker.proc.returncode),
             "stderr": list(worker.stderr_tail)[-5:],
         }
@@ -495,7 +480,7 @@ class Supervisor:
             " | ".join(self.error["stderr"]) or "(none)",
         )
         for stream in self.attach_streams():
-            stream.send("state", state="failed", error=self.error)
+            stream.send("state", state=State.FAILED, error=self.error)
         assert self.listener is not None
         self.failed_server = await port.serve_failed(self.listener, self.error["reason"])
         self.resume.clear()
@@ -506,9 +491,9 @@ class Supervisor:
         resume.cancel()
         self.failed_server.close()
         self.failed_server = None
-        self.start_failures.clear()
+        self.policy.clear()
         if not self.stopping.is_set():
-            self._set_state("starting")
+            self._set_state(State.STARTING)
 
     # ----- control commands ----------------------------------------------------------------
 

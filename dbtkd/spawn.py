@@ -2,7 +2,8 @@
 
 This is asyncio-free so that ``dbtkd.launch`` can start the first worker before the
 supervisor imports asyncio (~40 ms): the worker's own start-up, the longest step of a cold
-start, then overlaps the supervisor's. ``dbtkd.child.Worker`` adopts the process afterwards.
+start, then overlaps the supervisor's. ``dbtkd.workerhandle.WorkerHandle`` adopts the process
+afterwards.
 
 The worker gets: the listening socket (``pass_fds``), a private reply pipe (``--reply-fd``),
 its own process group, stdout and stderr on one pipe to the supervisor's log, and on stdin the

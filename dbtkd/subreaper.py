@@ -2,7 +2,7 @@
 
 ``PR_SET_CHILD_SUBREAPER`` makes the kernel hand the supervisor, instead of init, any process
 below it whose parent dies. Each program a worker starts is a subreaper too
-(``dbtkd.app.children``), so what a program starts stays under it while it runs, and reaches
+(``dbtkd.app.programs``), so what a program starts stays under it while it runs, and reaches
 the supervisor only when the program is gone: it exited, was killed with its job, or died with
 a worker killed by ``kill -9`` (``PR_SET_PDEATHSIG``). So the rule is simple: **every child of
 the supervisor that is not one of its workers is left over from a program that has ended**.
@@ -17,7 +17,8 @@ processes it had started in turn, so a tree of any depth goes in a few milliseco
 Only pids read as our children are touched: the kernel reparents nothing but our own
 descendants to us, and a child's pid cannot be reused until we reap it, so the pid read is
 the process signalled. The worker's exit status is never taken: its pid is skipped, and every
-wait here names one pid (``waitpid(pid)``, never ``-1``), so ``dbtkd.child`` still collects it.
+wait here names one pid (``waitpid(pid)``, never ``-1``), so ``dbtkd.workerhandle`` still
+collects it.
 """
 
 from __future__ import annotations

@@ -28,13 +28,13 @@ import time
 from typing import Any
 
 from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, spawn, state, systemd
-from dbtkd.child import Worker, describe_exit
 from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
 from dbtkd.launch import Launch
 from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
+from dbtkd.workerhandle import WorkerHandle, describe_exit
 
 SECONDS = 1.0
 # The worker's job cancellation (<= 2 s, rare) and graceful drain (2 s), inside the 5 s a stop
@@ -68,7 +68,7 @@ class Supervisor:
         self.state = State.STARTING
         self.state_changed = asyncio.Event()
         self.error: dict[str, Any] | None = None
-        self.worker: Worker | None = None
+        self.worker: WorkerHandle | None = None
         self.restarts: collections.Counter[str] = collections.Counter()
         self.policy = RestartPolicy()
         self.leases: dict[int, dict[str, Any]] = {}
@@ -79,7 +79,7 @@ class Supervisor:
         self.port = launch.port
         self.listener: socket.socket | None = launch.listener
         # A worker spawned and not yet adopted: the first one (spawned before asyncio), then
-        # each replacement while ``Worker.adopt`` sets it up. Already ours to the subreaper.
+        # each replacement while ``WorkerHandle.adopt`` sets it up. Already ours to the subreaper.
         self.unadopted = launch.first_worker
         # Linux: what the worker's programs leave behind comes to us, to be killed and reaped.
         self.subreaper = Subreaper(self._worker_pids) if launch.subreaper else None
@@ -227,7 +227,7 @@ class Supervisor:
                 self.unadopted = spawn.spawn(
                     self.listener, self.env, self.token, self._worker_settings()
                 )
-            worker = self.worker = await Worker.adopt(self.unadopted, self._sweep_soon)
+            worker = self.worker = await WorkerHandle.adopt(self.unadopted, self._sweep_soon)
             self.unadopted = None
             taking_over = self.handoff_connection is not None
             timeout = handoff.READY_TIMEOUT if taking_over else WORKER_READY_TIMEOUT
@@ -278,7 +278,7 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), decision.delay)
 
-    def _fail_takeover(self, worker: Worker, timeout: float) -> None:
+    def _fail_takeover(self, worker: WorkerHandle, timeout: float) -> None:
         """Our first worker did not answer: leave everything to the daemon we meant to replace."""
         if worker.proc.returncode is None or worker.proc.returncode == -signal.SIGKILL:
             reason = f"the new worker did not answer within {timeout:.0f} s"
@@ -302,7 +302,7 @@ class Supervisor:
         await self._open_control()
         log.info("took over from dbtkd %s (port %d, token kept)", self.handed_over_from, self.port)
 
-    async def _on_ready(self, worker: Worker) -> None:
+    async def _on_ready(self, worker: WorkerHandle) -> None:
         if self.handoff_connection is not None:
             await self._complete_takeover()
         self._set_state(State.RUNNING)
@@ -464,7 +464,9 @@ class Supervisor:
 
     # ----- failed state --------------------------------------------------------------------
 
-    async def _enter_failed(self, worker: Worker, reason: str, *, fatal: bool = False) -> None:
+    async def _enter_failed(
+        self, worker: WorkerHandle, reason: str, *, fatal: bool = False
+    ) -> None:
         self._set_state(State.FAILED)
         self.error = {
             "reason": f"worker {reason}"

@@ -166,7 +166,7 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     from hypercorn.utils import wrap_app
 
     from dbtkd import sockshare
-    from dbtkd.app import AppConfig, children, create_app
+    from dbtkd.app import AppConfig, create_app, programs
     from dbtkd.app.meter import Meter
 
     loop = asyncio.get_running_loop()
@@ -208,7 +208,7 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     orders.start()
     # What an exited program left behind was handed to the supervisor (dbtkd.subreaper),
     # silently: tell it to kill those now.
-    children.exit_listeners.add(lambda: orders.reply({"op": "orphans"}))
+    programs.exit_listeners.add(lambda: orders.reply({"op": "orphans"}))
 
     async def shutdown_trigger() -> None:
         code = await orders.stop_code

@@ -27,11 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dbtkd.app.backups import Backups, ProfileLookup
-from dbtkd.app.children import sweep_secret_files
 from dbtkd.app.db.profiles import Profile, ProfileStore
 from dbtkd.app.endpoints import ApiError, JSONResponse
 from dbtkd.app.jobs import UNFINISHED, Jobs, public_view
 from dbtkd.app.migrator import Migrator
+from dbtkd.app.programs import sweep_secret_files
 from dbtkd.app.responses import describe
 from dbtkd.app.schedules import Schedules
 from dbtkd.app.store import StoreUnwritable, remove_interrupted_writes

@@ -36,8 +36,8 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from dbtkd.app import children
-from dbtkd.app.children import Child
+from dbtkd.app import programs
+from dbtkd.app.programs import Child
 from dbtkd.app.recordstore import Record, Records, RecordStore
 from dbtkd.app.store import StoreUnwritable
 
@@ -183,14 +183,14 @@ class Jobs:
         self._recover_refused = False  # the disk refused the last recover: warned once
         self._task_group: TaskGroup | None = None
         self._pid = os.getpid()
-        self._ticks = children.start_ticks(self._pid)
+        self._ticks = programs.start_ticks(self._pid)
 
     # -- life of the worker ------------------------------------------------------------------
 
     async def startup(self, task_group: TaskGroup) -> None:
         """Take jobs from here on; fail the jobs a dead worker left unfinished."""
         self._pid = os.getpid()
-        self._ticks = children.start_ticks(self._pid)
+        self._ticks = programs.start_ticks(self._pid)
         await self._recover_logged()
         self._task_group = task_group
         task_group.start_soon(self._watch_orphans)
@@ -246,7 +246,7 @@ class Jobs:
         pid, ticks = record.get("worker_pid"), record.get("worker_ticks")
         if not isinstance(pid, int) or (pid == self._pid and ticks == self._ticks):
             return True  # no worker recorded, or this one, which does not run it
-        return not children.is_running(pid, ticks if isinstance(ticks, int) else None)
+        return not programs.is_running(pid, ticks if isinstance(ticks, int) else None)
 
     async def _watch_orphans(self) -> None:
         while True:
@@ -473,7 +473,7 @@ def _replace(records: Records, changed: list[Record]) -> None:
 def _kill_leftovers(record: Record) -> None:
     for entry in record.get("pgids") or []:
         valid = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
-        if valid and children.kill_stale_group(entry[0], entry[1]):
+        if valid and programs.kill_stale_group(entry[0], entry[1]):
             log.warning(
                 "killed process group %d left by %s %s",
                 entry[0],

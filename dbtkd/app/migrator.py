@@ -43,7 +43,6 @@ from anyio.abc import ObjectSendStream, TaskGroup
 from starlette.websockets import WebSocket
 
 from dbtkd.app.backups import ProfileLookup
-from dbtkd.app.children import child_environment, spawn
 from dbtkd.app.db.engine import DatabaseError
 from dbtkd.app.db.profiles import (
     DB_TYPE_ALIASES,
@@ -55,6 +54,7 @@ from dbtkd.app.db.profiles import (
 from dbtkd.app.db.sessions import engine_class
 from dbtkd.app.duplex import DuplexStream, Inbox
 from dbtkd.app.jobs import JobFailed, Jobs, RunningJob, new_id, public_view
+from dbtkd.app.programs import child_environment, spawn
 from dbtkd.app.responses import describe
 from dbtkd.app.sqlmigrations import MigrationError, status, up
 from dbtkd.app.streams import Streams, decode_frame

@@ -40,8 +40,8 @@ import anyio
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from dbtkd.app.children import Child, child_environment, spawn
 from dbtkd.app.duplex import DuplexStream, Inbox, deny
+from dbtkd.app.programs import Child, child_environment, spawn
 from dbtkd.app.responses import describe
 from dbtkd.app.security import SUBPROTOCOL
 from dbtkd.app.streams import (

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from dbtkd.app.children import child_environment, spawn
+from dbtkd.app.programs import child_environment, spawn
 
 SECONDS = 1.0
 # ``--version`` prints one line at once; a tool that takes longer is hung or is not the tool.

@@ -8,7 +8,7 @@ directory, registered with the job before they are created, so a cancel or the n
 removes what a failed job leaves. ``Sink`` writes a backup file, hashing (and, for gzip,
 compressing) on the way, so the sha256 costs no second read.
 
-Dumpers run their tools through ``children.spawn``; the blocking parts (SQLite, compression,
+Dumpers run their tools through ``programs.spawn``; the blocking parts (SQLite, compression,
 copying between pipes and files) run in worker threads and watch the job's ``stop_flag``.
 """
 

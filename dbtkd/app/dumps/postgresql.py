@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from dbtkd.app.children import child_environment, secret_file, spawn
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.db.sessions import engine_class
@@ -39,6 +38,7 @@ from dbtkd.app.dumps import (
     progress_from,
 )
 from dbtkd.app.jobs import JobFailed, RunningJob
+from dbtkd.app.programs import child_environment, secret_file, spawn
 from dbtkd.app.tools import Tool, ToolError, pg_server_major
 
 SECONDS = 1.0

@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from dbtkd.app import children
-from dbtkd.app.children import child_environment, spawn
+from dbtkd.app import programs
 from dbtkd.app.jobs import CANCEL_ALL_TIMEOUT, Jobs, RunningJob, new_id
+from dbtkd.app.programs import child_environment, spawn
 from dbtkd.app.recordstore import RecordStore
 from tests.support import pid_alive, wait_until
 
@@ -106,7 +106,7 @@ async def test_a_dead_workers_jobs_fail_and_only_their_own_groups_are_killed(
     partial.write_bytes(b"half")
 
     def ticks(process: subprocess.Popen[bytes]) -> int | None:
-        return children.start_ticks(process.pid)
+        return programs.start_ticks(process.pid)
 
     def job(worker: int, worker_ticks: Any, pgids: list[list[Any]], **more: Any) -> dict[str, Any]:
         return {

@@ -1,4 +1,5 @@
-"""The worker's child processes: started from argv lists in a group of their own, killed as one.
+"""The programs the worker's jobs run: started from argv lists in a group of their own, killed
+as one.
 
 Every program a job or a stream runs (dump tools, migration commands, shells) starts here, as
 an argv list, never a shell string. Each child leads a new process group (``process_group=0``)

@@ -1,6 +1,7 @@
-"""The worker process as the supervisor sees it: pipes, readiness, watchdog, stop.
+"""The supervisor's handle of a worker process: pipes, readiness, watchdog, stop. (The worker
+process itself is ``dbtkd.worker``; the programs its jobs run, ``dbtkd.app.programs``.)
 
-``Worker.adopt`` takes a process ``dbtkd.spawn`` started (the first one before asyncio was
+``WorkerHandle.adopt`` takes a process ``dbtkd.spawn`` started (the first one before asyncio was
 even imported) and starts two pumps: its output into the supervisor's log, and its reply pipe
 into ``activity`` (pongs) and the supervisor's subreaper (``orphans`` notices). The
 supervisor decides what to do when a worker is ready, silent or gone; this module only knows
@@ -94,7 +95,7 @@ class Process:
                 os.kill(self.pid, signal.SIGKILL)
 
 
-class Worker:
+class WorkerHandle:
     """One worker process and its pipes; owned by the supervisor, which must ``stop`` or
     ``kill`` it and then await ``proc.wait()`` and the ``pumps``."""
 
@@ -121,7 +122,7 @@ class Worker:
         self._on_orphans = on_orphans  # one of its programs exited: sweep what it left
 
     @classmethod
-    async def adopt(cls, spawned: Spawned, on_orphans: Callable[[], None]) -> Worker:
+    async def adopt(cls, spawned: Spawned, on_orphans: Callable[[], None]) -> WorkerHandle:
         """Take charge of a worker ``dbtkd.spawn`` started (maybe before asyncio ran).
 
         ``on_orphans`` is called when the worker reports that a program it started exited.

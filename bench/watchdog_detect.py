@@ -51,7 +51,7 @@ from bench.common import (
 )
 
 WATCHDOG_TIMEOUT = 2.0
-DUMP_WAIT = 1.0  # dbtkd.child.DUMP_WAIT: how long the supervisor waits for a stack dump
+DUMP_WAIT = 1.0  # dbtkd.workerhandle.DUMP_WAIT: how long the supervisor waits for a stack dump
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 2
 BLOCK_SECONDS = 60

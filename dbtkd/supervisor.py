@@ -25,16 +25,18 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, spawn, state, systemd
 from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
-from dbtkd.launch import Launch
 from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
 from dbtkd.workerhandle import WorkerHandle, describe_exit
+
+if TYPE_CHECKING:  # launch imports this module to run it: no import the other way at run time
+    from dbtkd.launch import Launch
 
 SECONDS = 1.0
 # The worker's job cancellation (<= 2 s, rare) and graceful drain (2 s), inside the 5 s a stop

@@ -27,7 +27,7 @@ import anyio.to_thread
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.db.sessions import engine_class
-from dbtkd.app.dumps import (
+from dbtkd.app.dumps.base import (
     BackupPlan,
     ByteCounter,
     Dumper,

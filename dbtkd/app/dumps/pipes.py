@@ -15,7 +15,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 
-from dbtkd.app.dumps import CHUNK_BYTES, GZIP_WBITS, ByteCounter, Sink
+from dbtkd.app.dumps.base import CHUNK_BYTES, GZIP_WBITS, ByteCounter, Sink
 from dbtkd.app.jobs import JobFailed
 
 TAIL_BYTES = 4096

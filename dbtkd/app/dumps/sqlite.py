@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 
 from dbtkd.app.db.profiles import Profile
-from dbtkd.app.dumps import (
+from dbtkd.app.dumps.base import (
     BackupPlan,
     ByteCounter,
     Dumper,

@@ -19,13 +19,14 @@ from dbtkctl.client import Client, ensure_running, last_start_errors, upgrade_if
 from dbtkd import __version__, paths, protocol
 from dbtkd.errors import DaemonError, DbtkError, NotRunning, UsageError, environment_problem
 from dbtkd.procstats import pid_alive
+from dbtkd.units import SECONDS
 
 TYPE_CHECKING = False  # typing and argparse cost ~7 ms; see _fast_args
 if TYPE_CHECKING:
     import argparse
     from typing import Any
 
-SECONDS = 1.0
+
 STOP_TIMEOUT = 5 * SECONDS
 # Beyond the worker's drain, the supervisor needs a moment to remove its files and exit.
 STOP_EXIT_GRACE = 5 * SECONDS

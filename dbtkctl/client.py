@@ -20,12 +20,13 @@ from dbtkd import ipc, protocol
 from dbtkd.errors import DaemonError, DbtkError, NotRunning, ProtocolMismatch, StartFailed
 from dbtkd.paths import RuntimePaths, data_paths
 from dbtkd.systemd import HANDOVER_ENV_PREFIXES
+from dbtkd.units import SECONDS
 
 TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotations need it
 if TYPE_CHECKING:
     from typing import Any
 
-SECONDS = 1.0
+
 CONNECT_TIMEOUT = 2 * SECONDS
 # ``port`` on a starting daemon waits inside the daemon for the worker (up to 30 s there).
 REPLY_TIMEOUT = 35 * SECONDS

@@ -22,12 +22,13 @@ from dbtkd.control import ALREADY_REPLIED, Stream
 from dbtkd.logfile import tail
 from dbtkd.policy import State
 from dbtkd.protocol import Request, RequestError
+from dbtkd.wire import WORKER_READY_TIMEOUT
 
 if TYPE_CHECKING:
     from dbtkd.supervisor import Supervisor
 
-SECONDS = 1.0
-WORKER_READY_TIMEOUT = 30 * SECONDS  # how long ``port`` and ``restart`` wait for a worker
+from dbtkd.units import SECONDS
+
 MAX_LOG_LINES = 10_000
 DEFAULT_JOB_GRACE = 5 * SECONDS  # DESIGN §2: how long ``stop`` lets running jobs finish
 JOB_POLL_INTERVAL = 0.25 * SECONDS

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from dbtkd import protocol
 from dbtkd.protocol import Request, RequestError
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # A client that connects and says nothing, or sends half a line, holds a slot; 10 s is ample
 # for any real client (dbtkctl sends its request right after connecting) and frees slots from
 # stuck ones. The whole line must arrive within it: a byte now and then does not extend it.

@@ -23,8 +23,8 @@ from typing import Any
 
 from dbtkd import ipc, protocol
 from dbtkd.errors import DbtkError
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # The new worker must answer within this, else the old daemon keeps everything (DESIGN §2).
 READY_TIMEOUT = 10 * SECONDS
 # Waiting for the new daemon's verdict: its worker's ready timeout plus its own start-up.

@@ -27,7 +27,8 @@ import socket
 import time
 from typing import Any
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 # A window keeps a few keep-alive connections and its WebSockets open (tens for a busy
 # user); 2048 leaves room for scripts and tools many times over, while 2048 idle connections
 # cost the worker about 40 MiB (bench/half_open.py measures it), not an unbounded amount.

@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 BACKOFF_FIRST = 0.1 * SECONDS
 BACKOFF_MAX = 10 * SECONDS
 BACKOFF_JITTER = 0.2

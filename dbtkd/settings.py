@@ -16,8 +16,7 @@ from typing import Any
 from dbtkd import paths
 from dbtkd.errors import ConfigError
 from dbtkd.port import parse_port_range
-
-SECONDS = 1.0
+from dbtkd.units import SECONDS
 
 # The old per-window backend picked from 8000-8100; keeping the range keeps firewall rules
 # and muscle memory that users already have.

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 
 from dbtkd import proctree
 
-SECONDS = 1.0
 PR_SET_CHILD_SUBREAPER = 36
 LINUX = sys.platform.startswith("linux")
 NAMES_LOGGED = 10  # a fork bomb's leftovers must not flood the log line

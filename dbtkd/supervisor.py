@@ -33,16 +33,17 @@ from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
 from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
+from dbtkd.wire import EXIT_CONFIG, WORKER_READY_TIMEOUT
 from dbtkd.workerhandle import WorkerHandle, describe_exit
 
 if TYPE_CHECKING:  # launch imports this module to run it: no import the other way at run time
     from dbtkd.launch import Launch
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 # The worker's job cancellation (<= 2 s, rare) and graceful drain (2 s), inside the 5 s a stop
 # may take in all.
 WORKER_STOP_TIMEOUT = 4.5 * SECONDS
-WORKER_READY_TIMEOUT = 30 * SECONDS  # a cold start on a slow disk, with room to spare
 KEEPALIVE_INTERVAL = 15 * SECONDS
 # A state or port file a full or read-only disk refused is written again this often, so that
 # clients reading it find the daemon soon after space returns; one failed attempt costs a few
@@ -51,7 +52,6 @@ STATE_RETRY_INTERVAL = 2 * SECONDS
 IDLE_CHECK_INTERVAL_MAX = 1 * SECONDS
 # A live loop answers a ping in microseconds; a hung one is the watchdog's business.
 FRESH_PONG_TIMEOUT = 2 * SECONDS
-EXIT_CONFIG = 78  # the worker's "fatal configuration error" status (sysexits EX_CONFIG)
 # Killing what the last worker's programs left takes milliseconds; the bound keeps a process
 # stuck in the kernel (a dead NFS mount) from holding up the exit.
 ORPHANS_DRAIN_TIMEOUT = 1 * SECONDS

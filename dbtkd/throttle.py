@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections
 import re
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 WINDOW = 10 * SECONDS
 # A stack dump or a few tracebacks in a row pass whole; the thousandth copy of one does not.
 SIMILAR_LINES_PER_WINDOW = 20

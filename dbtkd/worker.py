@@ -28,22 +28,20 @@ from typing import Any
 
 from dbtkd import fdlimit
 from dbtkd.listener import CappedListener, connection_cap
+from dbtkd.units import SECONDS
+from dbtkd.wire import EXIT_CONFIG, LISTEN_BACKLOG, PROBE_HEADER
 
-SECONDS = 1.0
 # DESIGN §2: a stop drains for at most 2 s; a window that reconnects loses nothing because
 # every stream sends a snapshot on connect.
 GRACEFUL_TIMEOUT = 2 * SECONDS
 # DESIGN §5: WebSocket messages are capped at 1 MiB, like HTTP bodies.
 WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
-LISTEN_BACKLOG = 1024  # the supervisor's (dbtkd.port.LISTEN_BACKLOG)
 # Pinned access-log format: Hypercorn's atoms can expand any request header or environment
 # variable, and %(r)s/%(q)s would log query strings. Method, path (no query), status, size,
 # time only.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 PR_SET_PDEATHSIG = 1
-PROBE_HEADER = b"x-dbtk-probe"  # ASGI header names are lower-case bytes
 # sysexits.h EX_CONFIG: the supervisor treats it as fatal (no retries, state ``failed``).
-EXIT_CONFIG = 78
 CLOSE_GOING_AWAY = 1001
 
 log = logging.getLogger("dbtkd.worker")
@@ -134,9 +132,9 @@ class ReadinessProbe:
         if (
             scope["type"] == "http"
             and scope["path"] == "/health"
-            and (PROBE_HEADER, self.expected) in scope["headers"]
+            and (PROBE_HEADER.encode(), self.expected) in scope["headers"]
         ):
-            headers = [(PROBE_HEADER, self.expected), (b"content-length", b"0")]
+            headers = [(PROBE_HEADER.encode(), self.expected), (b"content-length", b"0")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return

@@ -24,8 +24,9 @@ from typing import Any
 
 from dbtkd.spawn import Spawned
 from dbtkd.throttle import SIMILAR_LINES_PER_WINDOW, LineThrottle
+from dbtkd.units import SECONDS
+from dbtkd.wire import PROBE_HEADER
 
-SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
 READY_PROBE_INTERVAL = 0.01 * SECONDS  # a worker starts in ~0.15 s; poll finely
 STDERR_LINES_KEPT = 20  # the tail shown with a failure
@@ -33,7 +34,6 @@ DUMP_WAIT = 1 * SECONDS  # time for faulthandler to write a stack dump before th
 # Pings double as the worker's activity report for idle exit, so they run at least once a
 # second; the watchdog timeout decides when silence means hung.
 PING_INTERVAL_MAX = 1 * SECONDS
-PROBE_HEADER = "X-Dbtk-Probe"
 
 log = logging.getLogger("dbtkd.supervisor")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 # systemctl waits for the unit to start (``enable --now``): the daemon's ready timeout (30 s)
 # plus systemd's own bookkeeping. A command that takes longer is stuck, not slow.
 COMMAND_TIMEOUT = 60 * SECONDS

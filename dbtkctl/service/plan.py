@@ -21,8 +21,8 @@ from dbtkctl.service import oscmd
 from dbtkd.errors import DbtkError, NotRunning
 from dbtkd.paths import RuntimePaths
 from dbtkd.procstats import pid_alive
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # A daemon asked to stop drains its jobs for up to 5 s (DESIGN §2), then needs a moment to
 # remove its files; the same budget ``dbtkctl stop`` allows.
 STOP_WAIT = 10 * SECONDS

@@ -38,8 +38,8 @@ from dbtkd.app.db.profiles import Profile, ProfileNotFoundError
 from dbtkd.app.endpoints import Database, JSONResponse, database_of
 from dbtkd.app.responses import describe
 from dbtkd.app.streams import Streams, decode_frame
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # The UI's live chart ticks every 3 s (UI-CONTRACT §8.8); it sends no interval.
 DEFAULT_INTERVAL = 3 * SECONDS
 # Active for longer than this, a statement is "long-running" on the UI's analytics page.

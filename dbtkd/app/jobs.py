@@ -40,8 +40,8 @@ from dbtkd.app import programs
 from dbtkd.app.programs import Child
 from dbtkd.app.recordstore import Record, Records, RecordStore
 from dbtkd.app.store import StoreUnwritable
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # DESIGN §2 + the worker's stop budget: cancelling must leave time to close the WebSockets
 # and drain within the 2 s graceful timeout that follows.
 CANCEL_ALL_TIMEOUT = 1.5 * SECONDS

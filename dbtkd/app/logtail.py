@@ -20,7 +20,8 @@ import anyio
 import anyio.to_thread
 from starlette.websockets import WebSocket
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 # Fast enough to feel live in the UI, slow enough that a watching client costs ~5 stat()s/s.
 POLL_INTERVAL = 0.2 * SECONDS
 DEFAULT_BACKLOG_LINES = 200

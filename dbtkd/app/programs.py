@@ -36,8 +36,8 @@ import anyio
 
 from dbtkd import proctree
 from dbtkd.procstats import pid_alive
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # A SIGKILLed process is gone in milliseconds; longer means it is stuck in the kernel (a dead
 # NFS mount), and waiting more would only hold up a stop that must finish in 2 s.
 REAP_TIMEOUT = 1 * SECONDS

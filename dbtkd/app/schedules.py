@@ -36,8 +36,8 @@ from dbtkd.app.jobs import UNFINISHED, new_id, now_iso, public_view
 from dbtkd.app.recordstore import Record, Records, RecordStore
 from dbtkd.app.responses import describe
 from dbtkd.app.store import StoreUnwritable
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 MINUTE = 60 * SECONDS
 DAY = 24 * 60 * MINUTE
 # A backup more often than once a minute is a replication job, not a schedule.

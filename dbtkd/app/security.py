@@ -20,8 +20,8 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbtkd.app.responses import describe, error_document
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # The application subprotocol every WebSocket client must offer, and the only one the server
 # ever selects: selecting the bearer one would echo the token in the handshake response.
 SUBPROTOCOL = "dbtk.v1"

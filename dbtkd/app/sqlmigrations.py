@@ -25,8 +25,8 @@ from typing import Any
 import anyio.to_thread
 
 from dbtkd.app.db.engine import DatabaseError, Engine
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # A migration may rewrite a big table; an hour is the longest the API lets any statement run.
 STATEMENT_TIME_LIMIT = 3600 * SECONDS
 TRACKING_TABLE = "dbtk_schema_migrations"

@@ -19,8 +19,8 @@ import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dbtkd.app.security import SUBPROTOCOL
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # The worker's graceful timeout is 2 s (DESIGN §2): closing the sockets must leave Hypercorn
 # time to drain HTTP requests within it. A client too slow to take a close frame in 1 s is
 # dropped with the connection instead.

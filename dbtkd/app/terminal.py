@@ -51,8 +51,8 @@ from dbtkd.app.streams import (
     Streams,
     decode_frame,
 )
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # Each session is a shell and a PTY pair; eight is more windows than anyone reads at once,
 # and keeps a runaway UI from filling the process table.
 MAX_SESSIONS = 8

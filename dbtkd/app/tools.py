@@ -29,8 +29,8 @@ from typing import Any
 import anyio
 
 from dbtkd.app.programs import child_environment, spawn
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # ``--version`` prints one line at once; a tool that takes longer is hung or is not the tool.
 VERSION_TIMEOUT = 5 * SECONDS
 WINDOWS = sys.platform == "win32"

@@ -26,8 +26,8 @@ import anyio
 import anyio.to_thread
 
 from dbtkd.app.db.profiles import Profile
+from dbtkd.units import SECONDS
 
-SECONDS = 1.0
 # Long enough for a server across a VPN or a cold SQLite file on a network drive; short
 # enough that a typo in a host name is reported while the user still looks at the form.
 CONNECT_TIMEOUT = 10 * SECONDS

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-SECONDS = 1.0
+from dbtkd.units import SECONDS
+
 TTL = 10 * SECONDS
 
 

@@ -41,7 +41,6 @@ from dbtkd.app.jobs import JobFailed, RunningJob
 from dbtkd.app.programs import child_environment, secret_file, spawn
 from dbtkd.app.tools import Tool, ToolError, pg_server_major
 
-SECONDS = 1.0
 # How long a tool may take to reach the server before it gives up (libpq's connect_timeout).
 CONNECT_TIMEOUT_SECONDS = 10
 COUNT_TABLES = """

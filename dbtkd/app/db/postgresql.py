@@ -18,11 +18,12 @@ is cancelled on the server: cancelling the asyncpg call makes asyncpg send a can
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import decimal
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -296,18 +297,8 @@ class PostgresEngine(Engine):
         if bounded and not offset:
             page, has_more = split_page(await statement.fetch(*arguments), limit)
             return self._result(attributes, page, has_more)
-        transaction = None
-        if not connection.is_in_transaction():
-            transaction = connection.transaction()
-            await transaction.start()
-        try:
+        async with self._cursor_transaction():
             fetched = await self._fetch_page(statement, arguments, limit, offset)
-        except BaseException:
-            if transaction is not None:
-                await self._roll_back(transaction)
-            raise
-        if transaction is not None:
-            await transaction.commit()
         page, has_more = split_page(fetched, limit)
         return self._result(attributes, page, has_more)
 
@@ -351,13 +342,8 @@ class PostgresEngine(Engine):
             return 0
         columns = [{"name": a.name, "type": _type_label(a.type)} for a in attributes]
         converters = [_converter(a.type) for a in attributes]
-        # A cursor lives in a transaction: the user's own if one is open, else ours.
-        transaction = None
-        if not self._connection.is_in_transaction():
-            transaction = self._connection.transaction()
-            await transaction.start()
         total = 0
-        try:
+        async with self._cursor_transaction():
             cursor = await statement.cursor(*arguments)
             while True:
                 fetched = await cursor.fetch(batch)
@@ -365,13 +351,23 @@ class PostgresEngine(Engine):
                 total += len(fetched)
                 if len(fetched) < batch:
                     break
-        except BaseException:
-            if transaction is not None:
-                await self._roll_back(transaction)
-            raise
-        if transaction is not None:
-            await transaction.commit()
         return total
+
+    @contextlib.asynccontextmanager
+    async def _cursor_transaction(self) -> AsyncIterator[None]:
+        """A cursor lives in a transaction: the user's own if one is open, else ours, committed
+        after it or rolled back (``_roll_back``) if anything fails or the request is cancelled."""
+        if self._connection.is_in_transaction():
+            yield
+            return
+        transaction = self._connection.transaction()
+        await transaction.start()
+        try:
+            yield
+        except BaseException:
+            await self._roll_back(transaction)
+            raise
+        await transaction.commit()
 
     async def _roll_back(self, transaction: Any) -> None:
         """Roll back our transaction even while the request is being cancelled (a timeout):

@@ -95,9 +95,22 @@ class _Slot:
 class ControlServer:
     """Serves one daemon's control endpoint on behalf of ``handler`` (the supervisor)."""
 
-    def __init__(self, handler: Handler, *, uid: int | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        uid: int | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        refuse_linger: float = REFUSE_LINGER,
+    ) -> None:
+        """The limits are parameters so a test can serve a socket pair in-process with small
+        ones (tests/daemon/test_control_server.py); the daemon uses the defaults."""
         self.handler = handler
         self.uid = os.getuid() if uid is None and hasattr(os, "getuid") else uid
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.refuse_linger = refuse_linger
         self.connections: dict[asyncio.Task[None], _Slot] = {}
         self.streams: set[Stream] = set()
 
@@ -116,11 +129,11 @@ class ControlServer:
                     reader,
                 )
                 return
-            if len(self.connections) >= MAX_CONNECTIONS and not self._evict_oldest_waiting():
+            if len(self.connections) >= self.max_connections and not self._evict_oldest_waiting():
                 await self._refuse(
                     writer,
                     protocol.BUSY,
-                    f"more than {MAX_CONNECTIONS} control connections; retry shortly",
+                    f"more than {self.max_connections} control connections; retry shortly",
                     reader,
                 )
                 return
@@ -150,8 +163,8 @@ class ControlServer:
             protocol.encode_error(
                 None,
                 protocol.BUSY,
-                f"closed to make room: {MAX_CONNECTIONS} control connections are open and this "
-                "one sent no complete request; send the request right after connecting",
+                f"closed to make room: {self.max_connections} control connections are open and "
+                "this one sent no complete request; send the request right after connecting",
                 self.handler.daemon_info(),
             )
         )
@@ -176,7 +189,7 @@ class ControlServer:
             if reader is not None and writer.can_write_eof():
                 writer.write_eof()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(REFUSE_LINGER):
+                    async with asyncio.timeout(self.refuse_linger):
                         while await reader.read(READ_CHUNK):
                             pass
 
@@ -187,7 +200,7 @@ class ControlServer:
         stream: Stream | None = None
         # Non-streaming connections must deliver each whole request line within the idle
         # timeout of the connect or of the previous reply, partial lines included.
-        deadline = time.monotonic() + IDLE_TIMEOUT
+        deadline = time.monotonic() + self.idle_timeout
         try:
             while True:
                 try:
@@ -211,7 +224,7 @@ class ControlServer:
                     stream = await self._handle_line(line, writer)
                     await writer.drain()
                 if lines:
-                    deadline = time.monotonic() + IDLE_TIMEOUT
+                    deadline = time.monotonic() + self.idle_timeout
         finally:
             if stream is not None:
                 stream.closed.set()

@@ -41,7 +41,6 @@ class ControlCommands:
 
     def __init__(self, daemon: Supervisor) -> None:
         self.daemon = daemon
-        self._lease_ids = 0
 
     def daemon_info(self) -> dict[str, Any]:
         return self.daemon.daemon_info()
@@ -71,14 +70,7 @@ class ControlCommands:
             "started_at": self.daemon.started_at,
             "uptime": round(time.time() - self.daemon.started_at, 3),
             "restarts": dict(self.daemon.restarts),
-            "clients": [
-                {k: v for k, v in lease.items() if k != "stream"}
-                for lease in self.daemon.leases.values()
-            ]
-            + [
-                {"name": c["name"], "pid": c["pid"], "since": c["since"], "carried": True}
-                for c in self.daemon.carried_leases
-            ],
+            "clients": self.daemon.leases.clients(),
             "handoff_error": self.daemon.last_handoff_error,
             "handed_over_from": self.daemon.handed_over_from,
             "control_socket": settings.runtime.control_socket,
@@ -192,31 +184,18 @@ class ControlCommands:
 
     async def cmd_attach(self, request: Request, stream: Stream | None) -> dict[str, Any]:
         assert stream is not None
-        self._lease_ids += 1
-        lease_id = self._lease_ids
-        self.daemon.leases[lease_id] = {
-            "id": lease_id,
-            "name": request.args["name"],
-            "pid": request.args["pid"],
-            "since": time.time(),
-            "stream": stream,
-        }
-        log.info("client attached: %s (pid %d)", request.args["name"], request.args["pid"])
-        # A window re-attaching after a handoff replaces the lease carried over for it.
-        self.daemon.carried_leases = [
-            c for c in self.daemon.carried_leases if c["pid"] != request.args["pid"]
-        ]
+        lease = self.daemon.leases.attach(request.args["name"], request.args["pid"], stream)
+        log.info("client attached: %s (pid %d)", lease.name, lease.pid)
 
         async def release() -> None:
             await stream.closed.wait()
-            lease = self.daemon.leases.pop(lease_id, None)
             self.touch()
-            if lease is not None:
-                log.info("client detached: %s (pid %d)", lease["name"], lease["pid"])
+            if self.daemon.leases.release(lease.id) is not None:
+                log.info("client detached: %s (pid %d)", lease.name, lease.pid)
 
         asyncio.get_running_loop().create_task(release())
         return {
-            "lease": lease_id,
+            "lease": lease.id,
             "state": self.daemon.state,
             "port": self.daemon.port,
             "pid": os.getpid(),
@@ -266,10 +245,7 @@ class ControlCommands:
             "port": self.daemon.port,
             "started_at": self.daemon.started_at,
             "version": __version__,
-            "leases": [
-                {"name": lease["name"], "pid": lease["pid"], "since": lease["since"]}
-                for lease in self.daemon.leases.values()
-            ],
+            "leases": self.daemon.leases.snapshot(),
         }
         fds = [
             self.daemon.listener.fileno(),

@@ -86,8 +86,7 @@ class Launch:
         self.nonce = carried["nonce"]
         self.started_at = carried["started_at"]
         self.handed_over_from = carried.get("version")
-        grace_until = time.monotonic() + handoff.LEASE_GRACE
-        self.carried_leases = [lease | {"until": grace_until} for lease in carried["leases"]]
+        self.carried_leases = list(carried["leases"])  # held by the supervisor for a grace
 
 
 def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:

@@ -31,6 +31,7 @@ from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, sp
 from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
+from dbtkd.leases import Leases
 from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
 from dbtkd.wire import EXIT_CONFIG, WORKER_READY_TIMEOUT
@@ -73,7 +74,7 @@ class Supervisor:
         self.worker: WorkerHandle | None = None
         self.restarts: collections.Counter[str] = collections.Counter()
         self.policy = RestartPolicy()
-        self.leases: dict[int, dict[str, Any]] = {}
+        self.leases = Leases()
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.resume = asyncio.Event()  # set by ``restart`` to leave ``failed``
@@ -104,7 +105,7 @@ class Supervisor:
         # Handoff, new side: the connection to the predecessor until our worker answers.
         self.handoff_connection = launch.handoff_connection
         self.handed_over_from = launch.handed_over_from
-        self.carried_leases = launch.carried_leases
+        self.leases.carry_over(launch.carried_leases, handoff.LEASE_GRACE)
         # Handoff, old side.
         self.handoff_pending = False
         self.handed_off = False  # the successor serves; we only drain
@@ -419,10 +420,9 @@ class Supervisor:
 
     def idle_seconds(self) -> float:
         """Seconds nothing has happened: no lease, request, job or control call; else 0."""
-        now = time.monotonic()
-        self.carried_leases = [c for c in self.carried_leases if c["until"] > now]
-        if self.leases or self.carried_leases:
+        if self.leases.held():
             return 0.0
+        now = time.monotonic()
         last = self.last_activity
         worker = self.worker
         if worker is not None and worker.activity:
@@ -509,7 +509,7 @@ class Supervisor:
         return {"version": __version__, "protocol": protocol.PROTOCOL_VERSION, "nonce": self.nonce}
 
     def attach_streams(self) -> list[Stream]:
-        return [lease["stream"] for lease in self.leases.values()]
+        return self.leases.streams()
 
     async def _keepalive(self) -> None:
         while True:

@@ -131,7 +131,7 @@ class ControlCommands:
                 len(jobs),
                 "waiting for them" if wait else f"waiting up to {timeout:g} s",
             )
-            asyncio.get_running_loop().create_task(self._stop_after_jobs(timeout, wait))
+            self.daemon.run_in_background(self._stop_after_jobs(timeout, wait), "stop after jobs")
         else:
             # Reply first; the run loop stops the worker and removes our files afterwards.
             asyncio.get_running_loop().call_soon(self.daemon.request_stop)
@@ -179,7 +179,7 @@ class ControlCommands:
                 await stream.closed.wait()
                 logfile.unfollow(follower)
 
-            asyncio.get_running_loop().create_task(unfollow())
+            self.daemon.run_in_background(unfollow(), "log follower")
         return {"lines": backlog, "log_file": self.daemon.settings.data.log_file}
 
     async def cmd_attach(self, request: Request, stream: Stream | None) -> dict[str, Any]:
@@ -193,7 +193,7 @@ class ControlCommands:
             if self.daemon.leases.release(lease.id) is not None:
                 log.info("client detached: %s (pid %d)", lease.name, lease.pid)
 
-        asyncio.get_running_loop().create_task(release())
+        self.daemon.run_in_background(release(), f"lease {lease.id}")
         return {
             "lease": lease.id,
             "state": self.daemon.state,
@@ -260,7 +260,7 @@ class ControlCommands:
             connection.close()
         log.info("handing over to dbtkd %s; serving until its worker answers", version)
         stream.lines = asyncio.Queue()
-        asyncio.get_running_loop().create_task(self._await_verdict(stream, version))
+        self.daemon.run_in_background(self._await_verdict(stream, version), "handoff verdict")
         return ALREADY_REPLIED
 
     async def _await_verdict(self, stream: Stream, version: str) -> None:

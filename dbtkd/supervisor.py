@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, spawn, state, systemd
@@ -75,6 +76,9 @@ class Supervisor:
         self.restarts: collections.Counter[str] = collections.Counter()
         self.policy = RestartPolicy()
         self.leases = Leases()
+        # Tasks the control commands start (a lease's release, a log follower, a stop after
+        # jobs, a handoff verdict): owned here, cancelled and awaited when the daemon stops.
+        self.background: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.resume = asyncio.Event()  # set by ``restart`` to leave ``failed``
@@ -139,6 +143,7 @@ class Supervisor:
                 retry.cancel()
                 stopping.cancel()
                 await self.stop_worker(code=self.stop_code)
+                await self._cancel_background()
                 supervise.cancel()
                 await asyncio.gather(supervise, keepalive, idle, retry, return_exceptions=True)
                 if self.subreaper is not None:
@@ -187,6 +192,24 @@ class Supervisor:
         self.control_server = await ipc.start_server(
             runtime.control_socket, self.control.on_connect, sock=sock
         )
+
+    def run_in_background(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run ``coroutine`` as a task this supervisor owns: kept until it ends, its failure
+        logged, cancelled when the daemon stops. Nothing runs fire-and-forget."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=what)
+        self.background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", task.get_name(), task.exception())
+
+    async def _cancel_background(self) -> None:
+        tasks = list(self.background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _set_state(self, new_state: State) -> None:
         self.state = new_state

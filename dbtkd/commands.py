@@ -1,9 +1,10 @@
 """The control commands: one ``cmd_<name>`` method per protocol v1 command.
 
 ``ControlServer`` dispatches each decoded request here, so an unknown command is a reply, not
-a crash. The commands read and steer the supervisor they are given (``daemon``); the state
-they touch (leases, restarts, the worker) stays the supervisor's. The old side of a version
-handoff lives here too: it is a conversation on one control connection.
+a crash. The commands read the supervisor they are given (``daemon``) and ask it to act; the
+state they touch (leases, restarts, the worker) stays the supervisor's. The old side of a
+version handoff is a conversation on one control connection: the command carries it, the
+supervisor's ``begin_handoff``, ``handoff_done`` and ``handoff_failed`` do what it decides.
 """
 
 from __future__ import annotations
@@ -237,22 +238,7 @@ class ControlCommands:
             or self.daemon.control_server is None
         ):
             raise RequestError(protocol.NOT_READY, f"cannot hand over while {self.daemon.state}")
-        assert self.daemon.listener is not None
-        self.daemon.handoff_pending = True
-        carried = {
-            "token": self.daemon.token,
-            "nonce": self.daemon.nonce,
-            "port": self.daemon.port,
-            "started_at": self.daemon.started_at,
-            "version": __version__,
-            "leases": self.daemon.leases.snapshot(),
-        }
-        fds = [
-            self.daemon.listener.fileno(),
-            self.daemon.control_server.sockets[0].fileno(),
-            self.daemon.lock_fd,
-            self.daemon.data_lock_fd,
-        ]
+        fds, carried = self.daemon.begin_handoff()
         connection = stream.dup_socket()
         try:
             handoff.send_state(connection, request.id, fds, carried, self.daemon_info())
@@ -277,24 +263,9 @@ class ControlCommands:
             with contextlib.suppress(ValueError):
                 verdict = json.loads(get.result())
         if verdict.get("cmd") == "handoff_done":
-            log.info("dbtkd %s took over; draining and exiting", version)
-            # The control listener is shared with the successor: accept nothing more on it,
-            # or new clients would meet a daemon on its way out. Open connections (leases)
-            # stay, to hear the event below.
-            if self.daemon.control_server is not None:
-                self.daemon.control_server.close()
-            self.daemon.handed_off = True
-            self.daemon.owns_files = False  # the socket, state and port files are the successor's
-            self.daemon.stop_code = 1012  # "service restart": clients reconnect to the successor
-            self.daemon.jobs_reason = f"interrupted by the upgrade to {version}"
-            for lease_stream in self.daemon.attach_streams():
-                lease_stream.send("handoff", version=version)
-            self.daemon.request_stop(reason=f"handoff to dbtkd {version}")
-            return
-        reason = verdict.get("reason") or "the new daemon gave no answer"
-        self.daemon.last_handoff_error = f"upgrade to {version} failed: {reason}"
-        log.error("%s; still serving", self.daemon.last_handoff_error)
-        self.daemon.handoff_pending = False
+            self.daemon.handoff_done(version)
+        else:
+            self.daemon.handoff_failed(version, verdict.get("reason"))
 
 
 def _password_report(data_dir: str) -> dict[str, Any]:

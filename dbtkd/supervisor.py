@@ -487,6 +487,53 @@ class Supervisor:
         await self.worker.fresh_activity(self._view_for_worker(), FRESH_PONG_TIMEOUT)
         return list(self.worker.activity.get("job_list") or [])
 
+    # ----- handoff, the old side (the new side is ``launch.take_over`` and ``_supervise``) -----
+
+    def begin_handoff(self) -> tuple[list[int], dict[str, Any]]:
+        """What goes to a successor: the listening socket, the control listener and both
+        locks (descriptors), and the token, nonce, port, start time and leases."""
+        assert self.listener is not None
+        assert self.control_server is not None
+        self.handoff_pending = True
+        carried = {
+            "token": self.token,
+            "nonce": self.nonce,
+            "port": self.port,
+            "started_at": self.started_at,
+            "version": __version__,
+            "leases": self.leases.snapshot(),
+        }
+        fds = [
+            self.listener.fileno(),
+            self.control_server.sockets[0].fileno(),
+            self.lock_fd,
+            self.data_lock_fd,
+        ]
+        return fds, carried
+
+    def handoff_done(self, version: str) -> None:
+        """The successor serves: stop accepting, leave the shared files, tell the windows."""
+        log.info("dbtkd %s took over; draining and exiting", version)
+        # The control listener is shared with the successor: accept nothing more on it, or
+        # new clients would meet a daemon on its way out. Open connections (leases) stay, to
+        # hear the event below.
+        if self.control_server is not None:
+            self.control_server.close()
+        self.handed_off = True
+        self.owns_files = False  # the socket, state and port files are the successor's
+        self.stop_code = 1012  # "service restart": clients reconnect to the successor
+        self.jobs_reason = f"interrupted by the upgrade to {version}"
+        for stream in self.attach_streams():
+            stream.send("handoff", version=version)
+        self.request_stop(reason=f"handoff to dbtkd {version}")
+
+    def handoff_failed(self, version: str, reason: str | None) -> None:
+        self.last_handoff_error = (
+            f"upgrade to {version} failed: {reason or 'the new daemon gave no answer'}"
+        )
+        log.error("%s; still serving", self.last_handoff_error)
+        self.handoff_pending = False
+
     # ----- failed state --------------------------------------------------------------------
 
     async def _enter_failed(

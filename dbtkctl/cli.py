@@ -268,6 +268,8 @@ def _format_status(status: dict[str, Any]) -> str:
         f"  data         {status['data_dir']}",
         f"  config       {status['config_file']}",
         f"  passwords    {_format_passwords(status.get('passwords'))}",
+        f"  ai           {_format_service(status.get('ai'))}",
+        f"  issues       {_format_service(status.get('issues'))}",
     ]
     if status.get("log_error"):
         lines.insert(1, f"  log problem  {status['log_error']}")
@@ -295,6 +297,18 @@ def _format_processes(processes: dict[str, Any]) -> str:
     if not parts:
         return "unknown"
     return f"{total_pss / 2**20:.1f} MiB PSS in all ({'; '.join(parts)})"
+
+
+def _format_service(service: dict[str, Any] | None) -> str:
+    """``openai (llama3) at http://127.0.0.1:11434/v1`` or why not; never a key."""
+    if not service:
+        return "unknown (daemon too old to say)"
+    if service.get("error"):
+        return f"not usable: {service['error']}"
+    if not service.get("configured"):
+        return "not configured (dbtkd.toml: see README, Configuration)"
+    what = service.get("model") or service.get("to") or ""
+    return f"{service['provider']} ({what}) at {service['base_url']}"
 
 
 def _format_passwords(passwords: dict[str, Any] | None) -> str:

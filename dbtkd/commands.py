@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from dbtkd import __version__, handoff, protocol
+from dbtkd import __version__, handoff, protocol, services
 from dbtkd.control import ALREADY_REPLIED, Stream
 from dbtkd.logfile import tail
 from dbtkd.policy import State
@@ -80,6 +80,8 @@ class ControlCommands:
             "data_dir": settings.data.data_dir,
             "config_file": settings.data.config_file,
             "idle_exit": settings.idle_exit,
+            # Whether AI and issue reporting are set up (and how), never a key.
+            **services.describe(settings.data.config_file, self.daemon.env),
             "processes": self.daemon.processes(),
             "log_error": self.daemon.logfile.error,
             "port_range": settings.port_range_text(),

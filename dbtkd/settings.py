@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbtkd import paths
+from dbtkd import paths, services
 from dbtkd.errors import ConfigError
 from dbtkd.port import parse_port_range
 from dbtkd.units import SECONDS
@@ -43,7 +43,12 @@ KEYS = (
     "log_max_bytes",
     "log_backups",
     "tool_paths",
+    "ai",
+    "issues",
 )
+# Tables only dbtkd.toml can hold; ai and issues are read again by the worker on each use
+# (dbtkd.services), checked here so a mistake stops the start with its sentence.
+FILE_ONLY = ("tool_paths", "ai", "issues")
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ PARSERS: dict[str, Any] = {
     "log_max_bytes": _parse_positive_int,
     "log_backups": _parse_positive_int,
     "tool_paths": _parse_tool_paths,
+    "ai": lambda v, s: services.parse_ai(v, s),
+    "issues": lambda v, s: services.parse_issues(v, s),
 }
 
 
@@ -174,9 +181,12 @@ def load(
             raw, source = file_values[key], f"{data.config_file}: {key}"
         else:
             continue
-        if key == "tool_paths" and isinstance(raw, str):
-            raise ConfigError(f"{source}: tool_paths can only be set in dbtkd.toml")
+        if key in FILE_ONLY and isinstance(raw, str):
+            raise ConfigError(f"{source}: {key} can only be set in dbtkd.toml")
         values[key] = PARSERS[key](raw, source)
+    services.check_private(data.config_file, file_values)
+    values.pop("ai", None)  # validated; the worker reads them when a request needs them
+    values.pop("issues", None)
     if on_demand and "idle_exit" not in values:
         values["idle_exit"] = ON_DEMAND_IDLE_EXIT
     return Settings(

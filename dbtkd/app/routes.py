@@ -26,6 +26,7 @@ from starlette.types import ExceptionHandler, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from dbtkd.app import (
+    ai,
     analytics,
     analyticsapi,
     backups,
@@ -33,6 +34,7 @@ from dbtkd.app import (
     csvdata,
     data,
     events,
+    issues,
     jobapi,
     queries,
     schedules,
@@ -184,6 +186,9 @@ def build_routes(config: AppConfig) -> list[BaseRoute]:
         route(f"{connection}/data/row", {"PUT": data.update_row, "DELETE": data.delete_row}),
         route("/api/v1/csv/export", {"POST": csvdata.export}),
         route("/api/v1/csv/import", {"POST": csvdata.import_csv}),
+        route("/api/v1/ai/query/generate", {"POST": ai.generate}),
+        route("/api/v1/ai/schema/analyze", {"POST": ai.analyze}),
+        route("/api/v1/issues", {"POST": issues.report_issue}),
         route("/api/v1/analytics/connections/{id}", {"GET": analytics.connection_stats}),
         route(f"{analytics_of}/history", {"GET": analyticsapi.history}),
         route(f"{analytics_of}/slow-queries", {"GET": analyticsapi.slow_queries}),

@@ -29,6 +29,7 @@ ALLOWED = {
     "dbtkd.port",
     "dbtkd.procstats",
     "dbtkd.protocol",
+    "dbtkd.services",
     "dbtkd.settings",
     "dbtkd.sockshare",
     "dbtkd.state",

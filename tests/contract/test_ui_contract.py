@@ -124,6 +124,11 @@ def test_mongodb_is_refused_with_a_sentence_the_toast_can_show(api: Api) -> None
         assert document["detail"].startswith(
             "MongoDB is not supported by this version of DB Toolkit"
         )
+    # Editing a saved connection into a MongoDB one is refused the same way (D12).
+    saved = api.ok("GET", "/api/v1/connections")[0]
+    status, document = api.call("PUT", f"/api/v1/connections/{saved['id']}", body)
+    assert status == 422, document
+    assert document["detail"].startswith("MongoDB is not supported by this version of DB Toolkit")
 
 
 def test_a_relative_sqlite_path_asks_for_the_absolute_one(api: Api) -> None:

@@ -25,6 +25,10 @@ from dbtkd import ipc, protocol
 from dbtkd.errors import DbtkError
 from dbtkd.units import SECONDS
 
+TYPE_CHECKING = False  # dbtkctl imports this module on an upgrade: no typing at run time
+if TYPE_CHECKING:
+    from dbtkd.wire import HandoffState
+
 # The new worker must answer within this, else the old daemon keeps everything (DESIGN §2).
 READY_TIMEOUT = 10 * SECONDS
 # Waiting for the new daemon's verdict: its worker's ready timeout plus its own start-up.
@@ -62,7 +66,7 @@ def send_state(
     connection: socket.socket,
     request_id: int | str | None,
     fds: list[int],
-    state: dict[str, Any],
+    state: HandoffState,
     daemon: dict[str, Any],
 ) -> None:
     """Old daemon: the ``handoff`` reply, with the descriptors attached to its bytes."""

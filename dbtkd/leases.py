@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbtkd.control import Stream
+from dbtkd.wire import LeaseRecord
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Leases:
         self._carried = [c for c in self._carried if c["until"] > now]
         return bool(self._active or self._carried)
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[LeaseRecord]:
         """What a handoff carries to the successor."""
         return [
             {"name": lease.name, "pid": lease.pid, "since": lease.since}

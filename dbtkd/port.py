@@ -17,7 +17,6 @@ import sys
 from dbtkd import sockshare
 from dbtkd.errors import ConfigError, PortRangeExhausted
 from dbtkd.units import SECONDS
-from dbtkd.wire import LISTEN_BACKLOG
 
 TYPE_CHECKING = False  # asyncio is the supervisor's; dbtkctl imports parse_port_range
 if TYPE_CHECKING:
@@ -25,6 +24,9 @@ if TYPE_CHECKING:
 
 
 LOOPBACK = "127.0.0.1"
+# Deep enough to hold every connection that arrives during a worker restart (~0.2 s); the
+# worker gives Hypercorn the same.
+LISTEN_BACKLOG = 1024
 # Deep enough to hold every connection that arrives during a worker restart (~0.2 s).
 FAILED_HEAD_TIMEOUT = 2 * SECONDS
 

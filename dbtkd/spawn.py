@@ -19,11 +19,11 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from dbtkd import __version__, sockshare
 from dbtkd.settings import Settings
 from dbtkd.systemd import HANDOVER_ENV_PREFIXES
+from dbtkd.wire import Handshake, WorkerSettings
 
 
 class Spawned:
@@ -64,7 +64,7 @@ def test_faults(env: Mapping[str, str]) -> list[str]:
 
 def worker_settings(
     settings: Settings, env: Mapping[str, str], *, port: int, started_at: float, restarts: int
-) -> dict[str, Any]:
+) -> WorkerSettings:
     """The worker's settings line (``spawn`` adds the probe nonce and the socket)."""
     return {
         "port": port,
@@ -83,7 +83,7 @@ def worker_settings(
 
 
 def spawn(
-    listener: socket.socket, env: Mapping[str, str], token: str, settings: dict[str, Any]
+    listener: socket.socket, env: Mapping[str, str], token: str, settings: WorkerSettings
 ) -> Spawned:
     """Start a worker serving ``listener`` and hand it the token and ``settings``."""
     read_fd, write_fd = os.pipe()
@@ -104,7 +104,8 @@ def spawn(
     finally:
         os.close(write_fd)
     probe_nonce = secrets.token_hex(8)  # echoed only by this worker's readiness probe
-    handshake = settings | {
+    handshake: Handshake = {
+        **settings,
         "probe": probe_nonce,
         "socket": sockshare.export_for_child(listener, popen.pid),
     }

@@ -35,7 +35,13 @@ from dbtkd.errors import ConfigError, DbtkError
 from dbtkd.leases import Leases
 from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
-from dbtkd.wire import EXIT_CONFIG, WORKER_READY_TIMEOUT
+from dbtkd.wire import (
+    EXIT_CONFIG,
+    WORKER_READY_TIMEOUT,
+    HandoffState,
+    SupervisorView,
+    WorkerSettings,
+)
 from dbtkd.workerhandle import WorkerHandle, describe_exit
 
 if TYPE_CHECKING:  # launch imports this module to run it: no import the other way at run time
@@ -416,7 +422,7 @@ class Supervisor:
         if self.subreaper is not None:
             self.subreaper.schedule()
 
-    def _worker_settings(self) -> dict[str, Any]:
+    def _worker_settings(self) -> WorkerSettings:
         """The worker's settings line (``spawn`` adds its probe nonce and socket)."""
         return spawn.worker_settings(
             self.settings,
@@ -426,7 +432,7 @@ class Supervisor:
             restarts=sum(self.restarts.values()),
         )
 
-    def _view_for_worker(self) -> dict[str, Any]:
+    def _view_for_worker(self) -> SupervisorView:
         """What the worker's ``/metrics`` needs from us."""
         return {
             "restarts": dict(self.restarts),
@@ -489,13 +495,13 @@ class Supervisor:
 
     # ----- handoff, the old side (the new side is ``launch.take_over`` and ``_supervise``) -----
 
-    def begin_handoff(self) -> tuple[list[int], dict[str, Any]]:
+    def begin_handoff(self) -> tuple[list[int], HandoffState]:
         """What goes to a successor: the listening socket, the control listener and both
         locks (descriptors), and the token, nonce, port, start time and leases."""
         assert self.listener is not None
         assert self.control_server is not None
         self.handoff_pending = True
-        carried = {
+        carried: HandoffState = {
             "token": self.token,
             "nonce": self.nonce,
             "port": self.port,

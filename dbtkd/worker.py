@@ -28,8 +28,19 @@ from typing import Any
 
 from dbtkd import fdlimit
 from dbtkd.listener import CappedListener, connection_cap
+from dbtkd.port import LISTEN_BACKLOG
 from dbtkd.units import SECONDS
-from dbtkd.wire import EXIT_CONFIG, LISTEN_BACKLOG, PROBE_HEADER
+from dbtkd.wire import (
+    EXIT_CONFIG,
+    OP_ORPHANS,
+    OP_PING,
+    OP_PONG,
+    OP_STOP,
+    PROBE_HEADER,
+    Activity,
+    Handshake,
+    line,
+)
 
 # DESIGN §2: a stop drains for at most 2 s; a window that reconnects loses nothing because
 # every stream sends a snapshot on connect.
@@ -69,7 +80,7 @@ class Orders:
         self,
         loop: asyncio.AbstractEventLoop,
         reply_fd: int,
-        activity: Callable[[], dict[str, Any]],
+        activity: Callable[[], Activity],
         supervisor_view: dict[str, Any],
     ) -> None:
         self._loop = loop
@@ -103,17 +114,18 @@ class Orders:
     def _handle(self, order: dict[str, Any]) -> None:
         # Runs on the event loop, so a pong proves the loop is alive, not just this thread.
         op = order.get("op")
-        if op == "ping":
+        if op == OP_PING:
             self._supervisor_view.update(order.get("view") or {})
-            self.reply({"op": "pong", "seq": order.get("seq"), **self._activity()})
-        elif op == "stop" and not self.stop_code.done():
+            self.reply(line(OP_PONG, seq=order.get("seq"), **self._activity()))
+        elif op == OP_STOP and not self.stop_code.done():
             self.jobs_reason = str(order.get("jobs_reason") or "interrupted by stop")
             self.stop_code.set_result(int(order.get("code", CLOSE_GOING_AWAY)))
 
-    def reply(self, message: dict[str, Any]) -> None:
+    def reply(self, message: bytes) -> None:
+        """Send one reply line (``wire.line``)."""
         # If the supervisor is gone the write fails; the stdin reader notices EOF and exits.
         with contextlib.suppress(OSError):
-            os.write(self._reply_fd, json.dumps(message).encode() + b"\n")
+            os.write(self._reply_fd, message)
 
 
 class ReadinessProbe:
@@ -141,7 +153,7 @@ class ReadinessProbe:
         await self.app(scope, receive, send)
 
 
-def _hypercorn_config(settings: dict[str, Any]) -> Any:
+def _hypercorn_config(settings: Handshake) -> Any:
     from hypercorn.config import Config
 
     config = Config()
@@ -158,7 +170,7 @@ def _hypercorn_config(settings: dict[str, Any]) -> Any:
     return config
 
 
-async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
+async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.config import Sockets
     from hypercorn.utils import wrap_app
@@ -191,7 +203,7 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     app.state.meter = meter
     app.state.supervisor_view = supervisor_view
 
-    def activity() -> dict[str, Any]:
+    def activity() -> Activity:
         jobs = getattr(app.state, "jobs", None)
         running = jobs.running() if jobs is not None else []
         return {
@@ -206,7 +218,7 @@ async def serve(token: str, settings: dict[str, Any], reply_fd: int) -> None:
     orders.start()
     # What an exited program left behind was handed to the supervisor (dbtkd.subreaper),
     # silently: tell it to kill those now.
-    programs.exit_listeners.add(lambda: orders.reply({"op": "orphans"}))
+    programs.exit_listeners.add(lambda: orders.reply(line(OP_ORPHANS)))
 
     async def shutdown_trigger() -> None:
         code = await orders.stop_code
@@ -286,7 +298,7 @@ def _unusable_data_dir(data_dir: str) -> str | None:
     return None
 
 
-def _read_handshake() -> tuple[str, dict[str, Any]]:
+def _read_handshake() -> tuple[str, Handshake]:
     """The token line and the settings line, read unbuffered so the orders thread gets the rest."""
     lines: list[bytes] = []
     current = b""
@@ -299,4 +311,5 @@ def _read_handshake() -> tuple[str, dict[str, Any]]:
             current = b""
         else:
             current += byte
-    return lines[0].decode().rstrip("\r"), json.loads(lines[1])
+    settings: Handshake = json.loads(lines[1])
+    return lines[0].decode().rstrip("\r"), settings

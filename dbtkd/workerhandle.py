@@ -25,7 +25,7 @@ from typing import Any
 from dbtkd.spawn import Spawned
 from dbtkd.throttle import SIMILAR_LINES_PER_WINDOW, LineThrottle
 from dbtkd.units import SECONDS
-from dbtkd.wire import PROBE_HEADER
+from dbtkd.wire import OP_ORPHANS, OP_PING, OP_PONG, OP_STOP, PROBE_HEADER, SupervisorView, line
 
 LOOPBACK = "127.0.0.1"
 READY_PROBE_INTERVAL = 0.01 * SECONDS  # a worker starts in ~0.15 s; poll finely
@@ -113,7 +113,7 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self.last_pong = time.monotonic()
-        self.activity: dict[str, Any] = {}  # the last pong: idle_for, in_flight, jobs
+        self.activity: dict[str, Any] = {}  # the last pong (wire.Activity), {} before one
         self.pong_received = asyncio.Event()  # set by each pong; cleared by whoever waits
         self.probe_nonce = spawned.probe_nonce
         self.stop_requested = False
@@ -179,11 +179,11 @@ class WorkerHandle:
         while line := await self.replies.readline():
             with contextlib.suppress(ValueError):
                 message = json.loads(line)
-                if message.get("op") == "pong":
+                if message.get("op") == OP_PONG:
                     self.last_pong = time.monotonic()
                     self.activity = message
                     self.pong_received.set()
-                elif message.get("op") == "orphans":
+                elif message.get("op") == OP_ORPHANS:
                     self._on_orphans()
 
     def order(self, op: str, **fields: Any) -> None:
@@ -192,7 +192,7 @@ class WorkerHandle:
         if self._stdin.closed:
             return
         with contextlib.suppress(OSError):
-            os.write(self._stdin.fileno(), json.dumps({"op": op, **fields}).encode() + b"\n")
+            os.write(self._stdin.fileno(), line(op, **fields))
 
     def kill(self) -> None:
         # The worker leads its own process group; killing the group also reaps any helper it
@@ -208,7 +208,7 @@ class WorkerHandle:
         if self.proc.returncode is not None:
             return
         self.stop_requested = True
-        self.order("stop", code=code, jobs_reason=jobs_reason)
+        self.order(OP_STOP, code=code, jobs_reason=jobs_reason)
         try:
             await asyncio.wait_for(self.proc.wait(), grace)
         except TimeoutError:
@@ -279,7 +279,7 @@ class WorkerHandle:
             if not exited.done():
                 exited.cancel()
 
-    async def watchdog(self, silence_limit: float, view: Callable[[], dict[str, Any]]) -> None:
+    async def watchdog(self, silence_limit: float, view: Callable[[], SupervisorView]) -> None:
         """Ping until the worker exits; silence for ``silence_limit`` s: a dump, then a kill.
 
         Each ping carries ``view()`` (what the worker's ``/metrics`` needs from us).
@@ -289,7 +289,7 @@ class WorkerHandle:
         self.last_pong = time.monotonic()
         while self.proc.returncode is None:
             seq += 1
-            self.order("ping", seq=seq, view=view())
+            self.order(OP_PING, seq=seq, view=view())
             await asyncio.sleep(interval)
             silent = time.monotonic() - self.last_pong
             if silent < silence_limit or self.proc.returncode is not None:
@@ -314,11 +314,11 @@ class WorkerHandle:
             self.kill()
             return
 
-    async def fresh_activity(self, view: dict[str, Any], wait_at_most: float) -> None:
+    async def fresh_activity(self, view: SupervisorView, wait_at_most: float) -> None:
         """Ping now and wait (``wait_at_most`` s) for the pong, so ``activity`` is current."""
         if self.proc.returncode is not None:
             return
         self.pong_received.clear()
-        self.order("ping", seq=0, view=view)
+        self.order(OP_PING, seq=0, view=view)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.pong_received.wait(), wait_at_most)

@@ -35,7 +35,6 @@ ALLOWED = {
     "dbtkd.state",
     "dbtkd.systemd",
     "dbtkd.units",
-    "dbtkd.wire",
 }
 # What the interpreter itself loads before any code of ours (site, a venv's setuptools shim).
 INTERPRETER = ("__main__", "_distutils_hack", "_sysconfigdata")

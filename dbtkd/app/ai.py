@@ -109,6 +109,14 @@ async def complete(config: AiConfig, prompt: str) -> str:
     return text
 
 
+async def ask(config: AiConfig, prompt: str) -> str:
+    """``complete``, its failure as the route's 502 (never a 200 the UI would cache)."""
+    try:
+        return await complete(config, prompt)
+    except ServiceError as error:
+        raise ApiError(502, "ai_failed", str(error)) from None
+
+
 async def _schema_text(request: Request, profile: Profile) -> str:
     """The connection's schema as prompt lines, from the daemon's own metadata, capped."""
     database = database_of(request)
@@ -168,10 +176,7 @@ async def generate(request: Request) -> Response:
         "explanation; use the exact table and column names above; explicit JOINs; add "
         "LIMIT 100 when no limit is asked for."
     )
-    try:
-        text = await complete(config, prompt)
-    except ServiceError as error:
-        raise ApiError(502, "ai_failed", str(error)) from None
+    text = await ask(config, prompt)
     sql = extract_sql(text)
     if sql is None:
         return JSONResponse(
@@ -243,8 +248,5 @@ async def analyze(request: Request) -> Response:
         "by short '-' items: OVERVIEW, DESIGN PATTERNS, RELATIONSHIPS, ISSUES, "
         "RECOMMENDATIONS, INDEXES (CREATE INDEX statements), COMMON QUERIES (SQL)."
     )
-    try:
-        text = await complete(config, prompt)
-    except ServiceError as error:
-        raise ApiError(502, "ai_failed", str(error)) from None
+    text = await ask(config, prompt)
     return JSONResponse({"success": True, "table_name": table_name, **split_sections(text)})

@@ -106,25 +106,24 @@ def _table(value: object, name: str, known: tuple[str, ...], source: str) -> dic
     return dict(value)
 
 
-def parse_ai(value: object, source: str) -> dict[str, Any]:
-    table = _table(value, "ai", AI_KEYS, source)
-    provider = table.get("provider", "cloudflare")
-    if provider not in AI_PROVIDERS:
+def _provider_table(
+    value: object, name: str, known: tuple[str, ...], providers: Mapping[str, str], source: str
+) -> dict[str, Any]:
+    table = _table(value, name, known, source)
+    provider = table.get("provider", next(iter(providers)))
+    if provider not in providers:
         raise ConfigError(
-            f"{source}: ai.provider: expected one of {', '.join(AI_PROVIDERS)}, got {provider!r}"
+            f"{source}: {name}.provider: expected one of {', '.join(providers)}, got {provider!r}"
         )
     return table
+
+
+def parse_ai(value: object, source: str) -> dict[str, Any]:
+    return _provider_table(value, "ai", AI_KEYS, AI_PROVIDERS, source)
 
 
 def parse_issues(value: object, source: str) -> dict[str, Any]:
-    table = _table(value, "issues", ISSUE_KEYS, source)
-    provider = table.get("provider", "resend")
-    if provider not in ISSUE_PROVIDERS:
-        raise ConfigError(
-            f"{source}: issues.provider: expected one of {', '.join(ISSUE_PROVIDERS)}, "
-            f"got {provider!r}"
-        )
-    return table
+    return _provider_table(value, "issues", ISSUE_KEYS, ISSUE_PROVIDERS, source)
 
 
 def check_private(path: str, tables: Mapping[str, Any]) -> None:

@@ -12,7 +12,6 @@ OpenAI-compatible server (Ollama, llama.cpp) keeps them here.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
@@ -22,8 +21,7 @@ from starlette.responses import Response
 from dbtkd.app.db.engine import METADATA_TIMEOUT, DatabaseError
 from dbtkd.app.db.profiles import Profile
 from dbtkd.app.endpoints import ApiError, JSONResponse, database_of, invalid, read_object
-from dbtkd.app.outbound import ServiceError, post_json
-from dbtkd.errors import ConfigError
+from dbtkd.app.outbound import ServiceError, configured, post_json
 from dbtkd.services import AiConfig, ai_config
 
 MAX_TABLES = 100
@@ -56,12 +54,7 @@ SECTIONS = {
 
 def _config(request: Request) -> AiConfig:
     """``[ai]`` of the daemon's ``dbtkd.toml``, read now (an edit needs no restart)."""
-    try:
-        config = ai_config(request.app.state.config.config_file, os.environ)
-    except ConfigError as error:
-        raise ApiError(503, "ai_not_configured", str(error)) from None
-    if config is None:
-        raise ApiError(503, "ai_not_configured", NOT_CONFIGURED)
+    config: AiConfig = configured(request, ai_config, "ai_not_configured", NOT_CONFIGURED)
     return config
 
 

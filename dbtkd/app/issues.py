@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import os
 import secrets
 from typing import Any
 
@@ -21,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dbtkd.app.endpoints import ApiError, JSONResponse, invalid, read_object
-from dbtkd.app.outbound import ServiceError, post_json
-from dbtkd.errors import ConfigError
+from dbtkd.app.outbound import ServiceError, configured, post_json
 from dbtkd.services import IssuesConfig, issues_config
 
 ISSUE_TYPES = ("bug", "feature", "question", "documentation")
@@ -124,12 +122,9 @@ async def report_issue(request: Request) -> Response:
         "status": "open",
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    try:
-        config = issues_config(request.app.state.config.config_file, os.environ)
-    except ConfigError as error:
-        raise ApiError(503, "issues_not_configured", str(error)) from None
-    if config is None:
-        raise ApiError(503, "issues_not_configured", NOT_CONFIGURED)
+    config: IssuesConfig = configured(
+        request, issues_config, "issues_not_configured", NOT_CONFIGURED
+    )
     try:
         delivered = await _deliver(config, report)
     except ServiceError as error:

@@ -8,11 +8,17 @@ the request body (the prompt is not logged either).
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
+from starlette.requests import Request
+
+from dbtkd.app.endpoints import ApiError
+from dbtkd.errors import ConfigError
 
 # What of a refusal's body is shown: enough for "invalid token" or "model not found".
 MAX_ERROR_CHARS = 300
@@ -21,6 +27,21 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 class ServiceError(Exception):
     """The service failed, refused or answered nonsense (the route answers 502)."""
+
+
+def configured(
+    request: Request, read: Callable[[str, Mapping[str, str]], Any], code: str, unset: str
+) -> Any:
+    """The service's configuration (``services.ai_config`` or ``issues_config``), read now
+    from the daemon's ``dbtkd.toml`` and environment; 503 ``code`` with ``unset`` (what to
+    set) if there is none, or with the file's mistake."""
+    try:
+        config = read(request.app.state.config.config_file, os.environ)
+    except ConfigError as error:
+        raise ApiError(503, code, str(error)) from None
+    if config is None:
+        raise ApiError(503, code, unset)
+    return config
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:

@@ -2,7 +2,7 @@
 
 ReportLab is the library the old backend used, maintained by its company since 2000 and the
 usual choice for generated reports in Python. It is imported with the first report, never at
-start-up (about 0.1 s then), and costs the frozen bundle 8.2 MiB with the part of Pillow it
+start-up (about 0.1 s then), and costs the frozen bundle 7.9 MiB with the part of Pillow it
 loads (docs/building.md, "PDF report"). The report holds what the old one did: the
 connection's name, the time, the current metrics, the query distribution, up to 10 current
 queries, up to 20 slow queries of the last 24 h and up to 20 tables with their size and rows.

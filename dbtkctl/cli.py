@@ -528,22 +528,24 @@ def _parser() -> argparse.ArgumentParser:
             name, parents=[common, *parents], help=summary, description=description
         )
 
-    port = command(
-        "port",
-        "print the daemon's port, starting it if needed",
-        "Print the port of your dbtkd, starting one if none runs (it then exits after its "
-        "idle time without clients). With --json: port, url, token, pid, version, started, "
-        "handoff.",
-        spawn,
-    )
-    port.add_argument("--no-start", action="store_true", help="never start; exit 3 if none runs")
-    url = command(
-        "url",
-        "print http://127.0.0.1:PORT, starting the daemon if needed",
-        "Print the daemon's base URL (always 127.0.0.1), starting one if none runs.",
-        spawn,
-    )
-    url.add_argument("--no-start", action="store_true", help="never start; exit 3 if none runs")
+    for name, summary, description in (
+        (
+            "port",
+            "print the daemon's port, starting it if needed",
+            "Print the port of your dbtkd, starting one if none runs (it then exits after its "
+            "idle time without clients). With --json: port, url, token, pid, version, started, "
+            "handoff.",
+        ),
+        (
+            "url",
+            "print http://127.0.0.1:PORT, starting the daemon if needed",
+            "Print the daemon's base URL (always 127.0.0.1), starting one if none runs.",
+        ),
+    ):
+        finder = command(name, summary, description, spawn)
+        finder.add_argument(
+            "--no-start", action="store_true", help="never start; exit 3 if none runs"
+        )
     start = command(
         "start",
         "start the daemon (nothing to do if it runs)",

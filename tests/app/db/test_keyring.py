@@ -238,8 +238,18 @@ def test_eight_clients_and_worker_kills_keep_every_acknowledged_password(
     )
     ledger = crowd(daemon, kind)
     check(ledger, kind, daemon)
+    # A save the Secret Service could not take then (a D-Bus call timing out under this load;
+    # seen once in CI) is kept, acknowledged, in the 0600 file, and the next change of the
+    # store moves it to the keyring. Make changes until nothing is left in the file.
+    api = Api(daemon)
+    poke = kind.in_file(daemon)[0]["id"]
+
+    def moved() -> bool:
+        api.ok("PUT", f"/api/v1/connections/{poke}", {"name": "poked", "password": ""})
+        return "secret-" not in (home / "data" / "connections.json").read_text()
+
+    wait_until(moved, 60, 0.5, "every password moved to the keyring")
     in_file = kind.in_file(daemon)
-    assert "secret-" not in (home / "data" / "connections.json").read_text()
     for entry in in_file:
         assert entry["password"] is None, entry["id"]
         assert secret_service.lookup(entry["keyring"]) == f"secret-{entry['database']}", entry

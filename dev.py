@@ -89,6 +89,9 @@ def test() -> int:
         ("ruff check", (PYTHON, "-m", "ruff", "check", "."), ROOT),
         ("ruff format", (PYTHON, "-m", "ruff", "format", "--check", "."), ROOT),
         ("mypy", (PYTHON, "-m", "mypy"), ROOT),
+        # The Windows and macOS branches are type-checked here too (sys.platform checks).
+        ("mypy win32", (PYTHON, "-m", "mypy", "--platform", "win32"), ROOT),
+        ("mypy darwin", (PYTHON, "-m", "mypy", "--platform", "darwin"), ROOT),
         ("pytest", (PYTHON, "-m", "pytest", *sys.argv[2:]), ROOT),
     ]
     if os.path.exists(os.path.join(ELECTRON, "package.json")):

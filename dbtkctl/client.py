@@ -223,9 +223,7 @@ def spawn_daemon(runtime: RuntimePaths, extra_args: list[str]) -> Any:
         argv += ["--home", runtime.home]
     kwargs: dict[str, Any] = {}
     if sys.platform == "win32":
-        kwargs["creationflags"] = (
-            subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
-        )
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
     else:
         kwargs["start_new_session"] = True
     errors = _start_errors_file(runtime)

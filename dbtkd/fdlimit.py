@@ -21,10 +21,10 @@ def raise_to_hard() -> tuple[int, int]:
     ``(-1, -1)`` where the limit does not exist. Never raises: a limit we cannot change is
     the one we run with (the connection cap adapts to it).
     """
-    try:
-        import resource
-    except ImportError:
+    if sys.platform == "win32":  # no such limit (the C runtime's is per-process, 8192)
         return (-1, -1)
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     targets = [hard] if hard != resource.RLIM_INFINITY else []
     if sys.platform == "darwin" or not targets:
@@ -42,9 +42,9 @@ def raise_to_hard() -> tuple[int, int]:
 
 def soft_limit() -> int | None:
     """The current soft open-files limit, or None where there is none (or it is unlimited)."""
-    try:
-        import resource
-    except ImportError:
+    if sys.platform == "win32":
         return None
+    import resource
+
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return None if soft == resource.RLIM_INFINITY else soft

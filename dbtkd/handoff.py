@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 from typing import Any
 
 from dbtkd import ipc, protocol
@@ -70,6 +71,8 @@ def send_state(
     daemon: dict[str, Any],
 ) -> None:
     """Old daemon: the ``handoff`` reply, with the descriptors attached to its bytes."""
+    if sys.platform == "win32":  # refused before this point (commands.cmd_handoff)
+        raise NotImplementedError("a handoff passes descriptors with SCM_RIGHTS (POSIX)")
     reply = protocol.encode_reply(request_id, state | {"fds": list(FD_NAMES)}, daemon)
     socket.send_fds(connection, [reply], fds)
 
@@ -79,6 +82,8 @@ def request(
 ) -> tuple[socket.socket, dict[str, Any], dict[str, int]]:
     """New daemon: ask for the handoff. Returns the connection (kept open for the verdict),
     the carried state and the received descriptors by name. The caller owns all of them."""
+    if sys.platform == "win32":
+        raise NotImplementedError("a handoff passes descriptors with SCM_RIGHTS (POSIX)")
     try:
         # ipc.connect checks the socket's directory, file and peer are ours before any byte.
         connection = ipc.connect(control_socket, VERDICT_TIMEOUT)

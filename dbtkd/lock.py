@@ -16,10 +16,15 @@ import time
 from dbtkd.errors import AlreadyRunning, StartFailed
 from dbtkd.paths import ensure_private_dir
 
+# Windows locks are mandatory: a locked byte cannot be read by anyone else. The lock sits well
+# past the pid text, so a second daemon can still read who holds it.
+WINDOWS_LOCK_OFFSET = 4096
+
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
     def _try_lock(fd: int) -> bool:
+        os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
@@ -47,13 +52,15 @@ def acquire_instance_lock(path: str) -> int:
     fd = _open(path)
     if not _try_lock(fd):
         try:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.lseek(fd, 0, os.SEEK_SET)  # not pread: Windows has none
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         finally:
             os.close(fd)
         raise AlreadyRunning(f"another dbtkd (pid {holder}) already serves this profile")
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
     except OSError as exc:  # a full disk: say which file (fd writes name none)
         os.close(fd)
         raise OSError(exc.errno, exc.strerror, path) from None

@@ -91,6 +91,8 @@ class SecretService:
             from jeepney.io.blocking import open_dbus_connection
         except ImportError as error:  # pragma: no cover - jeepney is a dependency on Linux
             raise KeyringUnavailable(f"jeepney is not installed ({error})") from None
+        if sys.platform == "win32":
+            raise KeyringUnavailable("the Secret Service is Linux's (Windows: Credential Manager)")
         if not os.environ.get("DBUS_SESSION_BUS_ADDRESS") and not os.path.exists(
             f"/run/user/{os.getuid()}/bus"
         ):

@@ -70,7 +70,7 @@ def pid_alive(pid: int) -> bool:
 def _windows_pid_alive(pid: int) -> bool:  # pragma: no cover - Windows only, one seam
     import ctypes
 
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined,unused-ignore]
     process_query_limited_information = 0x1000
     still_active = 259
     handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
@@ -101,7 +101,7 @@ def read(pid: int) -> ProcStats:
             raise OSError(f"no /proc/{pid}/stat")
         stats["cpu_seconds"] = (int(fields[UTIME]) + int(fields[STIME])) / _CLOCK_TICKS
     except (OSError, ValueError, IndexError):
-        if pid == os.getpid():
+        if pid == os.getpid() and sys.platform != "win32":
             import resource
 
             usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -101,6 +101,8 @@ def kill(proc: Proc) -> bool:
     A pidfd pins the process: once it is open, checking the start time proves the pidfd is
     the process that was read, and a signal through it cannot reach anyone else.
     """
+    if not sys.platform.startswith("linux"):  # snapshot() finds nothing elsewhere
+        raise NotImplementedError("proctree reads /proc (Linux)")
     try:
         pidfd = os.pidfd_open(proc.pid)
     except ProcessLookupError:

@@ -61,6 +61,8 @@ class Subreaper:
     def sweep(self) -> int:
         """SIGKILL every adopted child that runs, reap every one that has exited; returns how
         many were running (0: nothing is left but what this sweep reaped)."""
+        if sys.platform == "win32":  # Linux only: a Windows worker's job object does this
+            raise NotImplementedError("the subreaper is Linux's")
         keep = set(self._workers())
         me = os.getpid()
         adopted = [p for p in proctree.children_of(proctree.snapshot(), me) if p.pid not in keep]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed descriptors start at 3
@@ -21,7 +22,7 @@ HANDOVER_ENV_PREFIXES = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 def notify(message: str, env: Mapping[str, str]) -> bool:
     """Send ``message`` (e.g. ``READY=1``) to ``$NOTIFY_SOCKET``; False if not under systemd."""
     address = env.get("NOTIFY_SOCKET")
-    if not address:
+    if not address or sys.platform == "win32":
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace

@@ -43,8 +43,9 @@ from dbtkd.units import SECONDS
 REAP_TIMEOUT = 1 * SECONDS
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+# Module constants for reading; the branches test ``sys.platform`` itself so that mypy
+# --platform win32 checks the Windows side (what it cannot narrow on a constant).
 LINUX = sys.platform.startswith("linux")
-POSIX = os.name == "posix"
 # Variables that belong to the daemon (and systemd's hand-over to it), never to its children.
 DAEMON_PREFIXES = ("DBTK_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 # Credentials the worker might have inherited: a tool must use the ones of the connection it
@@ -79,7 +80,7 @@ def child_environment(
 
 def _preexec(controlling_tty: bool) -> Callable[[], None] | None:
     """What the child runs between fork and exec (POSIX only)."""
-    if not POSIX:
+    if sys.platform == "win32":
         return None
     parent = os.getpid()
     prctl: Any = None
@@ -136,7 +137,7 @@ class Child:
         Not ``process.wait()``: asyncio answers that only once the child's pipes have closed
         too, and a process the program left behind may hold them open for ever.
         """
-        if not LINUX:
+        if not sys.platform.startswith("linux"):
             return
         try:
             pidfd = os.pidfd_open(self.pid)
@@ -162,7 +163,7 @@ class Child:
     def kill(self) -> None:
         """SIGKILL the program and everything it started: its descendants (in any group or
         session), every process of its group, and for a terminal every one of its session."""
-        if not POSIX:
+        if sys.platform == "win32":  # the worker's job object takes its descendants at exit
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             return
@@ -223,7 +224,7 @@ async def spawn(
     if not argv:
         raise ValueError("expected a non-empty argv list; got []")
     kwargs: dict[str, Any] = {}
-    if POSIX:
+    if sys.platform != "win32":
         if session:
             kwargs["start_new_session"] = True
         else:
@@ -272,7 +273,7 @@ def kill_stale_group(pgid: int, leader_ticks: int | None) -> bool:
     The leader must be alive with the start time recorded for it; a pid reused since by an
     unrelated program is never signalled. Returns True if a signal was sent.
     """
-    if not POSIX or not is_running(pgid, leader_ticks):
+    if sys.platform == "win32" or not is_running(pgid, leader_ticks):
         return False
     if leader_ticks is None and not LINUX:
         # No start time to compare: only a pid that still leads its own group is ours.

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import struct
+import sys
 from typing import Any
 
 import anyio
@@ -75,6 +76,8 @@ def pty_supported() -> bool:
 
 
 def user_shell() -> str:
+    if sys.platform == "win32":  # never reached: no PTY there (``pty_supported``)
+        raise NotImplementedError("the terminal needs a PTY")
     shell = os.environ.get("SHELL", "")
     if shell and os.access(shell, os.X_OK):
         return shell
@@ -88,6 +91,8 @@ def user_shell() -> str:
 
 
 def set_size(fd: int, rows: int, columns: int) -> None:
+    if sys.platform == "win32":
+        raise NotImplementedError("the terminal needs a PTY")
     import fcntl
     import termios
 
@@ -238,6 +243,8 @@ async def first_frame(inbox: Inbox) -> object:
 
 async def start_shell(arguments: list[str], extra_env: dict[str, str]) -> tuple[int, Child, str]:
     """A PTY (24 x 80) and the user's shell on it as session leader: (master fd, child, shell)."""
+    if sys.platform == "win32":
+        raise NotImplementedError("the terminal needs a PTY")
     import pty
 
     master, slave = pty.openpty()

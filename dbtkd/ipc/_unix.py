@@ -18,6 +18,8 @@ import socket
 import stat
 import sys
 
+if sys.platform == "win32":  # dbtkd.ipc picks _windows there; this is for the type checker
+    raise ImportError("dbtkd.ipc._unix is the POSIX control transport")
 TYPE_CHECKING = False  # typing costs dbtkctl ~2 ms at start-up; only annotations need it
 if TYPE_CHECKING:
     import asyncio

@@ -8,6 +8,8 @@ afterwards.
 The worker gets: the listening socket (``pass_fds``), a private reply pipe (``--reply-fd``),
 its own process group, stdout and stderr on one pipe to the supervisor's log, and on stdin the
 token line, then one JSON line of settings. Nothing secret is in argv or the environment.
+Windows starts it differently (an inherited reply handle, no console, a job object, the socket
+shared after the spawn): ``dbtkd.winproc``.
 """
 
 from __future__ import annotations
@@ -19,20 +21,34 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dbtkd import __version__, sockshare
 from dbtkd.settings import Settings
 from dbtkd.systemd import HANDOVER_ENV_PREFIXES
 from dbtkd.wire import Handshake, WorkerSettings
 
+if TYPE_CHECKING:
+    from dbtkd import winproc  # imported where used: ctypes would slow every POSIX start
+
+_WINDOWS = sys.platform == "win32"  # tests flip it to run the Windows branch on Linux
+
 
 class Spawned:
-    """A just-started worker: its process and the read end of its reply pipe (caller owns)."""
+    """A just-started worker: its process, the read end of its reply pipe (caller owns) and,
+    on Windows, the job object holding its process tree."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], reply_fd: int, probe_nonce: str) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        reply_fd: int,
+        probe_nonce: str,
+        job: winproc.Job | None = None,
+    ) -> None:
         self.popen = popen
         self.reply_fd = reply_fd
         self.probe_nonce = probe_nonce
+        self.job = job
 
 
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -42,10 +58,11 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     return clean
 
 
-def worker_argv(reply_fd: int) -> list[str]:
+def worker_argv(flag: str, value: int) -> list[str]:
+    """``dbtkd _worker --reply-fd N`` (POSIX) or ``--reply-handle H`` (Windows)."""
     if getattr(sys, "frozen", False):
-        return [sys.executable, "_worker", "--reply-fd", str(reply_fd)]
-    return [sys.executable, "-m", "dbtkd", "_worker", "--reply-fd", str(reply_fd)]
+        return [sys.executable, "_worker", flag, str(value)]
+    return [sys.executable, "-m", "dbtkd", "_worker", flag, str(value)]
 
 
 def test_faults(env: Mapping[str, str]) -> list[str]:
@@ -87,28 +104,42 @@ def spawn(
 ) -> Spawned:
     """Start a worker serving ``listener`` and hand it the token and ``settings``."""
     read_fd, write_fd = os.pipe()
+    job = None
     try:
-        popen = subprocess.Popen(
-            worker_argv(write_fd),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=child_environment(env),
-            pass_fds=(write_fd, *sockshare.spawn_kwargs(listener).get("pass_fds", ())),
-            process_group=0,
-            cwd="/",
-        )
+        if _WINDOWS:
+            from dbtkd import winproc
+
+            popen, job = winproc.start_worker(worker_argv, write_fd, child_environment(env))
+        else:
+            popen = subprocess.Popen(
+                worker_argv("--reply-fd", write_fd),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=child_environment(env),
+                pass_fds=(write_fd, *sockshare.spawn_kwargs(listener).get("pass_fds", ())),
+                process_group=0,
+                cwd="/",
+            )
     except BaseException:
         os.close(read_fd)
         raise
     finally:
         os.close(write_fd)
     probe_nonce = secrets.token_hex(8)  # echoed only by this worker's readiness probe
-    handshake: Handshake = {
-        **settings,
-        "probe": probe_nonce,
-        "socket": sockshare.export_for_child(listener, popen.pid),
-    }
+    try:
+        shared = sockshare.export_for_child(listener, popen.pid)  # Windows: socket.share(pid)
+    except BaseException:
+        # A worker without its socket can never serve: end it (and its job) rather than leave
+        # it waiting on its stdin.
+        if job is not None:
+            job.terminate()
+            job.close()
+        popen.kill()
+        popen.wait()
+        os.close(read_fd)
+        raise
+    handshake: Handshake = {**settings, "probe": probe_nonce, "socket": shared}
     assert popen.stdin is not None
     try:
         # Two short lines into an empty pipe: this never blocks.
@@ -116,5 +147,11 @@ def spawn(
         popen.stdin.flush()
     except BrokenPipeError:
         pass  # it died at once; the supervisor sees the exit and its output
-    os.set_blocking(popen.stdin.fileno(), False)  # orders must never stall the supervisor
-    return Spawned(popen, read_fd, probe_nonce)
+    # Orders must never stall the supervisor.
+    if _WINDOWS:
+        from dbtkd import winproc
+
+        winproc.make_nonblocking(popen.stdin.fileno())
+    elif sys.platform != "win32":
+        os.set_blocking(popen.stdin.fileno(), False)
+    return Spawned(popen, read_fd, probe_nonce, job)

@@ -24,8 +24,9 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, spawn, state, systemd
@@ -65,6 +66,37 @@ FRESH_PONG_TIMEOUT = 2 * SECONDS
 ORPHANS_DRAIN_TIMEOUT = 1 * SECONDS
 
 log = logging.getLogger("dbtkd.supervisor")
+# Stop on these: SIGTERM (systemd, launchd, kill), SIGINT (Ctrl-C) and, on Windows, SIGBREAK
+# (Ctrl-Break, and the console window being closed).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")
+
+
+def install_stop_signals(
+    loop: asyncio.AbstractEventLoop,
+    request_stop: Callable[[int], None],
+    set_handler: Callable[[int, Any], object] = signal.signal,
+) -> list[int]:
+    """Call ``request_stop(signum)`` on the loop for each stop signal this OS has; returns them.
+
+    The Unix loops take ``add_signal_handler``. The Windows Proactor loop raises
+    ``NotImplementedError`` there, so, as Hypercorn's own runner does, a plain ``signal.signal``
+    handler (``set_handler``) hands the signal to the loop, which the interpreter wakes for it.
+    """
+    installed = []
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, request_stop, signum)
+        except NotImplementedError:
+
+            def handler(number: int, frame: object) -> None:
+                loop.call_soon_threadsafe(request_stop, number)
+
+            set_handler(signum, handler)
+        installed.append(int(signum))
+    return installed
 
 
 class Supervisor:
@@ -130,9 +162,8 @@ class Supervisor:
             if self.handoff_connection is None:
                 await self._open_control()
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self.request_stop, signum)
-            if self.subreaper is not None:
+            install_stop_signals(loop, self.request_stop)
+            if self.subreaper is not None and sys.platform != "win32":
                 loop.add_signal_handler(signal.SIGCHLD, self.subreaper.schedule)
             supervise = asyncio.create_task(self._supervise())
             keepalive = asyncio.create_task(self._keepalive())
@@ -264,6 +295,7 @@ class Supervisor:
             taking_over = self.handoff_connection is not None
             timeout = handoff.READY_TIMEOUT if taking_over else WORKER_READY_TIMEOUT
             ready = await worker.wait_ready(self.port, timeout, self.stopping)
+            timed_out = not ready and worker.proc.returncode is None
             if ready:
                 worker.ready_at = time.monotonic()
                 await self._on_ready(worker)
@@ -272,11 +304,11 @@ class Supervisor:
                 )
                 await worker.proc.wait()
                 watchdog.cancel()
-            else:
-                if worker.proc.returncode is None:  # never answered in time
-                    worker.kill()
-                    await worker.proc.wait()
+            elif timed_out:  # never answered in time
+                worker.kill()
+                await worker.proc.wait()
             await asyncio.gather(*worker.pumps, return_exceptions=True)
+            worker.release()
             # Its programs died with it; what they started is ours. Scheduled, not run here:
             # the next worker's spawn comes first, and its start-up overlaps the sweep.
             self._sweep_soon()
@@ -284,7 +316,7 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             if taking_over and not ready:
-                self._fail_takeover(worker, timeout)
+                self._fail_takeover(worker, timeout, timed_out)
                 return
             decision = self.policy.on_exit(
                 ready_since=worker.ready_at, fatal=worker.proc.returncode == EXIT_CONFIG
@@ -310,9 +342,9 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), decision.delay)
 
-    def _fail_takeover(self, worker: WorkerHandle, timeout: float) -> None:
+    def _fail_takeover(self, worker: WorkerHandle, timeout: float, timed_out: bool) -> None:
         """Our first worker did not answer: leave everything to the daemon we meant to replace."""
-        if worker.proc.returncode is None or worker.proc.returncode == -signal.SIGKILL:
+        if timed_out:
             reason = f"the new worker did not answer within {timeout:.0f} s"
         else:
             reason = f"the new worker {describe_exit(worker.proc.returncode)}"
@@ -500,6 +532,8 @@ class Supervisor:
         locks (descriptors), and the token, nonce, port, start time and leases."""
         assert self.listener is not None
         assert self.control_server is not None
+        if sys.platform == "win32":  # refused before this point (commands.cmd_handoff)
+            raise NotImplementedError("a handoff passes descriptors with SCM_RIGHTS (POSIX)")
         self.handoff_pending = True
         carried: HandoffState = {
             "token": self.token,

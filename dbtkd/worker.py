@@ -250,12 +250,15 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     # The supervisor raised it already; a worker started any other way must not stay at 1024.
     fdlimit.raise_to_hard()
-    if len(argv) != 2 or argv[0] != "--reply-fd":
-        print("usage: dbtkd _worker --reply-fd N (started by the supervisor only)", file=sys.stderr)
+    reply_fd = _reply_fd(argv)
+    if reply_fd is None:
+        print(
+            "usage: dbtkd _worker --reply-fd N | --reply-handle H (started by the supervisor only)",
+            file=sys.stderr,
+        )
         return 2
-    reply_fd = int(argv[1])
     token, settings = _read_handshake()
-    if hasattr(signal, "SIGUSR1"):
+    if sys.platform != "win32":
         # The watchdog asks for a stack dump before killing a hung worker; faulthandler
         # writes it from the signal handler, so it works even with the event loop blocked.
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
@@ -278,6 +281,18 @@ def main(argv: list[str]) -> int:
     # Skip interpreter finalization: the orders thread is still parked in a read of the pipe,
     # and there is nothing left to clean up that the kernel does not clean up faster.
     os._exit(0)
+
+
+def _reply_fd(argv: list[str]) -> int | None:
+    """The reply pipe's descriptor: ``--reply-fd N`` (POSIX), ``--reply-handle H`` (Windows,
+    an inherited handle: ``dbtkd.winproc``); None for anything else."""
+    if len(argv) != 2 or argv[0] not in ("--reply-fd", "--reply-handle") or not argv[1].isdigit():
+        return None
+    if argv[0] == "--reply-handle":
+        from dbtkd import winproc
+
+        return winproc.reply_fd_from_handle(int(argv[1]))
+    return int(argv[1])
 
 
 def _unusable_data_dir(data_dir: str) -> str | None:

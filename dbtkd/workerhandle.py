@@ -18,6 +18,8 @@ import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,8 +36,14 @@ DUMP_WAIT = 1 * SECONDS  # time for faulthandler to write a stack dump before th
 # Pings double as the worker's activity report for idle exit, so they run at least once a
 # second; the watchdog timeout decides when silence means hung.
 PING_INTERVAL_MAX = 1 * SECONDS
+# The worker's faulthandler writes a stack dump on it (POSIX only).
+DUMP_SIGNAL: int | None = getattr(signal, "SIGUSR1", None)
+PIPE_CHUNK = 64 * 1024  # Windows: what a pipe thread reads at a time
 
 log = logging.getLogger("dbtkd.supervisor")
+# Tests flip it to run the Windows branches on Linux. Windows: no pidfd, no process groups, no
+# SIGUSR1 stack dump, and the Proactor loop cannot read an anonymous pipe (threads do).
+_WINDOWS = sys.platform == "win32"
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -65,7 +73,7 @@ class Process:
     def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            pidfd = os.pidfd_open(self.pid)
+            pidfd: int = getattr(os, "pidfd_open")(self.pid)  # noqa: B009 - Linux only
         except (AttributeError, OSError):
             waiting = loop.run_in_executor(None, self.popen.wait)
             waiting.add_done_callback(lambda f: self._done(self.popen.returncode))
@@ -92,7 +100,7 @@ class Process:
     def kill(self) -> None:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                self.popen.kill()  # SIGKILL; TerminateProcess on Windows
 
 
 class WorkerHandle:
@@ -120,6 +128,7 @@ class WorkerHandle:
         self.killed_by_watchdog = False
         self.pumps: list[asyncio.Task[None]] = []
         self._on_orphans = on_orphans  # one of its programs exited: sweep what it left
+        self.job = spawned.job  # Windows: the job object holding its process tree
 
     @classmethod
     async def adopt(cls, spawned: Spawned, on_orphans: Callable[[], None]) -> WorkerHandle:
@@ -128,17 +137,11 @@ class WorkerHandle:
         ``on_orphans`` is called when the worker reports that a program it started exited.
         """
         worker = cls(spawned, on_orphans)
-        loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(worker.output), worker._stdout
-        )
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(worker.replies),
-            os.fdopen(worker._reply_fd, "rb"),
-        )
+        await _connect_reader(worker.output, worker._stdout)
+        await _connect_reader(worker.replies, os.fdopen(worker._reply_fd, "rb"))
         worker.pumps = [
-            loop.create_task(worker._pump_output()),
-            loop.create_task(worker._pump_replies()),
+            asyncio.create_task(worker._pump_output()),
+            asyncio.create_task(worker._pump_replies()),
         ]
         log.info("worker %d started", worker.pid)
         return worker
@@ -195,12 +198,20 @@ class WorkerHandle:
             os.write(self._stdin.fileno(), line(op, **fields))
 
     def kill(self) -> None:
-        # The worker leads its own process group; killing the group also reaps any helper it
-        # started (dump tools, shells) instead of orphaning them.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        # The worker leads its own process group (Windows: its own job object); killing the
+        # group also kills any helper it started (dump tools, shells) instead of orphaning them.
+        if self.job is not None:
+            self.job.terminate()
+        elif sys.platform != "win32":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
+
+    def release(self) -> None:
+        """After the worker exited: close its job object (which kills what is left in it)."""
+        if self.job is not None:
+            self.job.close()
 
     async def stop(self, code: int, grace: float, jobs_reason: str = "interrupted by stop") -> None:
         """Order a stop: running jobs are cancelled with ``jobs_reason``, WebSockets close with
@@ -299,9 +310,10 @@ class WorkerHandle:
             )
             lines_before = len(self.stderr_tail)
             last_before = self.stderr_tail[-1] if self.stderr_tail else None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGUSR1)
-            await asyncio.sleep(DUMP_WAIT)
+            if DUMP_SIGNAL is not None and not _WINDOWS:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, DUMP_SIGNAL)
+                await asyncio.sleep(DUMP_WAIT)
             last_after = self.stderr_tail[-1] if self.stderr_tail else None
             if len(self.stderr_tail) == lines_before and last_after == last_before:
                 log.error(
@@ -322,3 +334,29 @@ class WorkerHandle:
         self.order(OP_PING, seq=0, view=view)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.pong_received.wait(), wait_at_most)
+
+
+async def _connect_reader(reader: asyncio.StreamReader, pipe: Any) -> None:
+    """Feed ``reader`` from ``pipe`` (a file object the worker writes into) until its EOF.
+
+    POSIX: the event loop watches the pipe. Windows: the Proactor loop reads only overlapped
+    handles, and the worker's pipes are plain anonymous ones, so a thread reads and hands each
+    chunk to the loop.
+    """
+    loop = asyncio.get_running_loop()
+    if not _WINDOWS:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        return
+
+    def pump() -> None:
+        try:
+            while chunk := os.read(pipe.fileno(), PIPE_CHUNK):
+                loop.call_soon_threadsafe(reader.feed_data, chunk)
+        except OSError:
+            pass  # the worker's end is gone: end of stream
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed first: nobody reads
+                loop.call_soon_threadsafe(reader.feed_eof)
+            pipe.close()
+
+    threading.Thread(target=pump, name="worker-pipe", daemon=True).start()

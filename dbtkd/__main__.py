@@ -27,6 +27,10 @@ def run() -> None:
         from dbtkd.worker import main as worker_main
 
         sys.exit(worker_main(argv[1:]))
+    if argv[:1] == ["_zygote"]:
+        from dbtkd.zygote import main as zygote_main
+
+        sys.exit(zygote_main(argv[1:]))
     if argv[:1] == ["_selftest"] and os.environ.get("DBTK_FROZEN_SELFTEST") == "1":
         sys.exit(selftest(argv[1:]))
     # The supervisor speaks no TLS; without this, asyncio would load ssl (and OpenSSL) anyway,

@@ -86,6 +86,7 @@ class ControlCommands:
             "log_error": self.daemon.logfile.error,
             "port_range": settings.port_range_text(),
             "watchdog_timeout": settings.watchdog_timeout,
+            "worker_start": "fork" if self.daemon.zygote is not None else "spawn",
             "passwords": await asyncio.to_thread(_password_report, settings.data.data_dir),
         }
 

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from dbtkd import __version__, fdlimit, handoff, lock, port, spawn, state
+from dbtkd import __version__, fdlimit, handoff, lock, port, spawn, state, zygote
 from dbtkd.errors import DbtkError, StartFailed, environment_problem
 from dbtkd.logfile import LogFile
 from dbtkd.settings import LOG_LEVELS, Settings, load
@@ -48,6 +48,7 @@ class Launch:
         self.handed_over_from: str | None = None
         self.carried_leases: list[dict[str, Any]] = []
         self.first_worker: spawn.Spawned | None = None
+        self.zygote: zygote.Zygote | None = None  # the worker fork server (Linux)
         self.subreaper = False  # do orphans of the worker's programs come to us (Linux)?
 
     def acquire(self) -> None:
@@ -122,14 +123,20 @@ def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
         settings.home or "(per-OS defaults)",
     )
     assert launch.listener is not None
-    launch.first_worker = spawn.spawn(
-        launch.listener,
-        env,
-        launch.token,
-        spawn.worker_settings(
-            settings, env, port=launch.port, started_at=launch.started_at, restarts=0
-        ),
+    first = spawn.worker_settings(
+        settings, env, port=launch.port, started_at=launch.started_at, restarts=0
     )
+    launch.zygote = zygote.start_or_none(env) if settings.worker_start == "fork" else None
+    if launch.zygote is not None:
+        try:
+            # Forked once the zygote has imported the worker; the order waits in its socket.
+            launch.first_worker = launch.zygote.fork(launch.listener, launch.token, first)
+        except zygote.ZygoteGone as exc:
+            log.warning("the worker fork server failed at once (%s): spawning", exc)
+            launch.zygote.close()
+            launch.zygote = None
+    if launch.first_worker is None:
+        launch.first_worker = spawn.spawn(launch.listener, env, launch.token, first)
     # After the spawn, so loading ctypes overlaps the worker's start-up. Early enough: a
     # program can only be started by a request, and the worker serves none for ~100 ms.
     from dbtkd import subreaper  # imports asyncio: only once the worker is on its way
@@ -147,6 +154,9 @@ def _parse(argv: list[str] | None) -> Any:
     parser.add_argument("--idle-exit", help="exit this many seconds after the last client")
     parser.add_argument("--watchdog-timeout", help="seconds before a silent worker is killed")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument(
+        "--worker-start", help="spawn (default) or fork: workers forked from a warm process (Linux)"
+    )
     parser.add_argument(
         "--allow-origin",
         action="append",
@@ -176,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 "watchdog_timeout": args.watchdog_timeout,
                 "log_level": args.log_level,
                 "allowed_origins": args.allowed_origins,
+                "worker_start": args.worker_start,
             },
             env,
             home=args.home,

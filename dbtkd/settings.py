@@ -45,6 +45,7 @@ KEYS = (
     "tool_paths",
     "ai",
     "issues",
+    "worker_start",
 )
 # Tables only dbtkd.toml can hold; ai and issues are read again by the worker on each use
 # (dbtkd.services), checked here so a mistake stops the start with its sentence.
@@ -63,6 +64,7 @@ class Settings:
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
     tool_paths: Mapping[str, str] = field(default_factory=dict)
+    worker_start: str = "spawn"
     takeover: bool = False
 
     @property
@@ -124,6 +126,19 @@ def _parse_tool_paths(value: object, source: str) -> dict[str, str]:
     return dict(value)
 
 
+# How a worker is started: "spawn", a new interpreter each time (~150 ms to serve again after a
+# crash), or "fork" (Linux), forked from a process that has imported the worker already
+# (dbtkd.zygote: ~20 ms, for about 50% more memory: bench/README.md). Spawn is the default:
+# on a desktop the memory is paid all day, the outage only when the worker crashes.
+WORKER_START = ("spawn", "fork")
+
+
+def _parse_worker_start(value: object, source: str) -> str:
+    if value not in WORKER_START:
+        raise ConfigError(f'{source}: expected "spawn" or "fork", got {value!r}')
+    return str(value)
+
+
 PARSERS: dict[str, Any] = {
     "port_range": parse_port_range,
     "allowed_origins": parse_origins,
@@ -135,6 +150,7 @@ PARSERS: dict[str, Any] = {
     "tool_paths": _parse_tool_paths,
     "ai": lambda v, s: services.parse_ai(v, s),
     "issues": lambda v, s: services.parse_issues(v, s),
+    "worker_start": _parse_worker_start,
 }
 
 

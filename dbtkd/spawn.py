@@ -29,26 +29,40 @@ from dbtkd.systemd import HANDOVER_ENV_PREFIXES
 from dbtkd.wire import Handshake, WorkerSettings
 
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from dbtkd import winproc  # imported where used: ctypes would slow every POSIX start
+    from dbtkd.zygote import Child
 
 _WINDOWS = sys.platform == "win32"  # tests flip it to run the Windows branch on Linux
 
 
 class Spawned:
-    """A just-started worker: its process, the read end of its reply pipe (caller owns) and,
-    on Windows, the job object holding its process tree."""
+    """A just-started worker: its process (a ``Popen``, or a ``zygote.Child`` when the fork
+    server made it), the write end of its stdin, the read ends of its output and its reply
+    pipe (the caller owns all three) and, on Windows, the job object holding its tree."""
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        process: subprocess.Popen[bytes] | Child,
+        stdin: IO[bytes],
+        stdout: IO[bytes],
         reply_fd: int,
         probe_nonce: str,
         job: winproc.Job | None = None,
     ) -> None:
-        self.popen = popen
+        self.process = process
+        self.stdin = stdin
+        self.stdout = stdout
         self.reply_fd = reply_fd
         self.probe_nonce = probe_nonce
         self.job = job
+
+    def close(self) -> None:
+        """Close our pipe ends (a worker that will never be adopted)."""
+        self.stdin.close()
+        self.stdout.close()
+        os.close(self.reply_fd)
 
 
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -77,6 +91,31 @@ def test_faults(env: Mapping[str, str]) -> list[str]:
         except OSError:
             pass
     return sorted(faults)
+
+
+def new_probe_nonce() -> str:
+    """Echoed only by this worker's readiness probe (``dbtkd.worker.ReadinessProbe``)."""
+    return secrets.token_hex(8)
+
+
+def send_handshake(
+    stdin: IO[bytes], token: str, settings: WorkerSettings, probe: str, socket_info: dict[str, Any]
+) -> None:
+    """The token line and the settings line, then the pipe turns non-blocking: orders must
+    never stall the supervisor (a hung worker's full pipe drops them instead)."""
+    handshake: Handshake = {**settings, "probe": probe, "socket": socket_info}
+    try:
+        # Two short lines into an empty pipe: this never blocks.
+        stdin.write(token.encode() + b"\n" + json.dumps(handshake).encode() + b"\n")
+        stdin.flush()
+    except BrokenPipeError:
+        pass  # it died at once; the supervisor sees the exit and its output
+    if _WINDOWS:
+        from dbtkd import winproc
+
+        winproc.make_nonblocking(stdin.fileno())
+    elif sys.platform != "win32":
+        os.set_blocking(stdin.fileno(), False)
 
 
 def worker_settings(
@@ -126,7 +165,6 @@ def spawn(
         raise
     finally:
         os.close(write_fd)
-    probe_nonce = secrets.token_hex(8)  # echoed only by this worker's readiness probe
     try:
         shared = sockshare.export_for_child(listener, popen.pid)  # Windows: socket.share(pid)
     except BaseException:
@@ -139,19 +177,8 @@ def spawn(
         popen.wait()
         os.close(read_fd)
         raise
-    handshake: Handshake = {**settings, "probe": probe_nonce, "socket": shared}
     assert popen.stdin is not None
-    try:
-        # Two short lines into an empty pipe: this never blocks.
-        popen.stdin.write(token.encode() + b"\n" + json.dumps(handshake).encode() + b"\n")
-        popen.stdin.flush()
-    except BrokenPipeError:
-        pass  # it died at once; the supervisor sees the exit and its output
-    # Orders must never stall the supervisor.
-    if _WINDOWS:
-        from dbtkd import winproc
-
-        winproc.make_nonblocking(popen.stdin.fileno())
-    elif sys.platform != "win32":
-        os.set_blocking(popen.stdin.fileno(), False)
-    return Spawned(popen, read_fd, probe_nonce, job)
+    assert popen.stdout is not None
+    probe = new_probe_nonce()
+    send_handshake(popen.stdin, token, settings, probe, shared)
+    return Spawned(popen, popen.stdin, popen.stdout, read_fd, probe, job)

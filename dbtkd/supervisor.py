@@ -24,12 +24,25 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from dbtkd import __version__, handoff, ipc, lock, port, procstats, protocol, spawn, state, systemd
+from dbtkd import (
+    __version__,
+    handoff,
+    ipc,
+    lock,
+    port,
+    procstats,
+    protocol,
+    spawn,
+    state,
+    systemd,
+    zygote,
+)
 from dbtkd.commands import ControlCommands
 from dbtkd.control import ControlServer, Stream
 from dbtkd.errors import ConfigError, DbtkError
@@ -43,7 +56,7 @@ from dbtkd.wire import (
     SupervisorView,
     WorkerSettings,
 )
-from dbtkd.workerhandle import WorkerHandle, describe_exit
+from dbtkd.workerhandle import Process, WorkerHandle, describe_exit
 
 if TYPE_CHECKING:  # launch imports this module to run it: no import the other way at run time
     from dbtkd.launch import Launch
@@ -126,6 +139,8 @@ class Supervisor:
         # A worker spawned and not yet adopted: the first one (spawned before asyncio), then
         # each replacement while ``WorkerHandle.adopt`` sets it up. Already ours to the subreaper.
         self.unadopted = launch.first_worker
+        # Linux: the process that forks workers (dbtkd.zygote); None: workers are spawned.
+        self.zygote = launch.zygote
         # Linux: what the worker's programs leave behind comes to us, to be killed and reaped.
         self.subreaper = Subreaper(self._worker_pids) if launch.subreaper else None
         self.failed_server: asyncio.Server | None = None
@@ -162,6 +177,8 @@ class Supervisor:
             if self.handoff_connection is None:
                 await self._open_control()
             loop = asyncio.get_running_loop()
+            if self.zygote is not None:
+                self.zygote.attach(loop)
             install_stop_signals(loop, self.request_stop)
             if self.subreaper is not None and sys.platform != "win32":
                 loop.add_signal_handler(signal.SIGCHLD, self.subreaper.schedule)
@@ -190,8 +207,11 @@ class Supervisor:
             raise
         finally:
             if self.unadopted is not None:  # never adopted: we failed before supervising
-                self.unadopted.popen.kill()
-                self.unadopted.popen.wait()
+                self.unadopted.process.kill()
+                if isinstance(self.unadopted.process, subprocess.Popen):
+                    self.unadopted.process.wait()
+            if self.zygote is not None:
+                self.zygote.close()
             await self._cleanup()
             lock.release(self.lock_fd)
             lock.release(self.data_lock_fd)
@@ -286,11 +306,13 @@ class Supervisor:
     async def _supervise(self) -> None:
         while not self.stopping.is_set():
             if self.unadopted is None:
-                assert self.listener is not None
-                self.unadopted = spawn.spawn(
-                    self.listener, self.env, self.token, self._worker_settings()
-                )
-            worker = self.worker = await WorkerHandle.adopt(self.unadopted, self._sweep_soon)
+                self.unadopted = self._start_worker()
+            try:
+                worker = self.worker = await WorkerHandle.adopt(self.unadopted, self._sweep_soon)
+            except zygote.ZygoteGone:
+                self.unadopted.close()
+                self.unadopted = None
+                continue  # _start_worker starts a new zygote, or spawns
             self.unadopted = None
             taking_over = self.handoff_connection is not None
             timeout = handoff.READY_TIMEOUT if taking_over else WORKER_READY_TIMEOUT
@@ -443,11 +465,35 @@ class Supervisor:
             if self.state_unwritten and self.state == State.RUNNING and self.owns_files:
                 self._write_state_files()
 
+    def _start_worker(self) -> spawn.Spawned:
+        """Fork the next worker from the zygote; if the zygote died, start a new one, unless
+        it died without forking a single worker (then it would only die again): spawn."""
+        assert self.listener is not None
+        settings = self._worker_settings()
+        if self.zygote is not None and self.zygote.gone:
+            dead, self.zygote = self.zygote, None
+            dead.close()
+            self._sweep_soon()  # reap it
+            if dead.forked:
+                log.warning("the worker fork server %d exited; starting a new one", dead.pid)
+                self.zygote = zygote.start_or_none(self.env)
+                if self.zygote is not None:
+                    self.zygote.attach(asyncio.get_running_loop())
+            else:
+                log.error("the worker fork server %d failed; spawning workers instead", dead.pid)
+        if self.zygote is not None:
+            with contextlib.suppress(zygote.ZygoteGone):
+                return self.zygote.fork(self.listener, self.token, settings)
+        return spawn.spawn(self.listener, self.env, self.token, settings)
+
     def _worker_pids(self) -> list[int]:
-        """Our children that are workers (not yet reaped): never the subreaper's to touch."""
-        popens = [self.worker.proc.popen] if self.worker is not None else []
-        if self.unadopted is not None:
-            popens.append(self.unadopted.popen)
+        """Our children that are workers or the zygote (not yet reaped): never the subreaper's
+        to touch. (A forked worker is the zygote's child, not ours.)"""
+        popens = [self.zygote.popen] if self.zygote is not None and not self.zygote.gone else []
+        if self.worker is not None and isinstance(self.worker.proc, Process):
+            popens.append(self.worker.proc.popen)
+        if self.unadopted is not None and isinstance(self.unadopted.process, subprocess.Popen):
+            popens.append(self.unadopted.process)
         return [popen.pid for popen in popens if popen.returncode is None]
 
     def _sweep_soon(self) -> None:
@@ -631,4 +677,6 @@ class Supervisor:
         processes = {"supervisor": procstats.read(os.getpid())}
         if self.worker is not None and self.worker.proc.returncode is None:
             processes["worker"] = procstats.read(self.worker.pid)
+        if self.zygote is not None and not self.zygote.gone:
+            processes["zygote"] = procstats.read(self.zygote.pid)
         return processes

@@ -170,6 +170,29 @@ def _hypercorn_config(settings: Handshake) -> Any:
     return config
 
 
+# What ``serve`` imports and what the app's first requests need: the zygote imports them once
+# and every worker it forks shares them (dbtkd.zygote). tests/daemon/test_zygote.py checks
+# that ``serve`` imports nothing more.
+PRELOAD = (
+    "hypercorn.asyncio.run",
+    "hypercorn.config",
+    "hypercorn.utils",
+    "dbtkd.sockshare",
+    "dbtkd.app.application",
+    "dbtkd.app.meter",
+    "dbtkd.app.programs",
+    "dbtkd.app.routes",
+)
+
+
+def preload() -> None:
+    """Import ``PRELOAD`` (in the zygote, before it forks any worker)."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+
 async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.config import Sockets

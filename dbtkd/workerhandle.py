@@ -28,6 +28,7 @@ from dbtkd.spawn import Spawned
 from dbtkd.throttle import SIMILAR_LINES_PER_WINDOW, LineThrottle
 from dbtkd.units import SECONDS
 from dbtkd.wire import OP_ORPHANS, OP_PING, OP_PONG, OP_STOP, PROBE_HEADER, SupervisorView, line
+from dbtkd.zygote import Child
 
 LOOPBACK = "127.0.0.1"
 READY_PROBE_INTERVAL = 0.01 * SECONDS  # a worker starts in ~0.15 s; poll finely
@@ -108,12 +109,15 @@ class WorkerHandle:
     ``kill`` it and then await ``proc.wait()`` and the ``pumps``."""
 
     def __init__(self, spawned: Spawned, on_orphans: Callable[[], None]) -> None:
-        self.proc = Process(spawned.popen)
+        process = spawned.process
+        # A spawned worker is our child, watched through a pidfd; a forked one is the
+        # zygote's, which reports its exit (``dbtkd.zygote``).
+        self.proc: Process | Child = (
+            Process(process) if isinstance(process, subprocess.Popen) else process
+        )
         self.pid = self.proc.pid
-        assert spawned.popen.stdin is not None
-        assert spawned.popen.stdout is not None
-        self._stdin = spawned.popen.stdin
-        self._stdout = spawned.popen.stdout
+        self._stdin = spawned.stdin
+        self._stdout = spawned.stdout
         self._reply_fd = spawned.reply_fd
         self.output = asyncio.StreamReader()
         self.replies = asyncio.StreamReader()
@@ -135,7 +139,10 @@ class WorkerHandle:
         """Take charge of a worker ``dbtkd.spawn`` started (maybe before asyncio ran).
 
         ``on_orphans`` is called when the worker reports that a program it started exited.
+        Raises ``zygote.ZygoteGone`` if the fork server died before forking it.
         """
+        if isinstance(spawned.process, Child):
+            await spawned.process.started()
         worker = cls(spawned, on_orphans)
         await _connect_reader(worker.output, worker._stdout)
         await _connect_reader(worker.replies, os.fdopen(worker._reply_fd, "rb"))

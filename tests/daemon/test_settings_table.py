@@ -30,6 +30,7 @@ VALUES: dict[str, tuple[str | None, str, Any, str]] = {
     "tool_paths": (None, '{pg_dump = "/opt/pg_dump"}', {"pg_dump": "/opt/pg_dump"}, "x"),
     "ai": (None, '{provider = "openai", model = "m"}', {"provider": "openai", "model": "m"}, "x"),
     "issues": (None, '{provider = "github"}', {"provider": "github"}, "x"),
+    "worker_start": ("fork", '"fork"', "fork", "clone"),
 }
 OTHER = {  # a second valid value per key, to tell sources apart
     "port_range": ("9100-9110", '"9100-9110"', (9100, 9110)),
@@ -42,6 +43,7 @@ OTHER = {  # a second valid value per key, to tell sources apart
     "tool_paths": (None, '{psql = "/opt/psql"}', {"psql": "/opt/psql"}),
     "ai": (None, '{provider = "cloudflare"}', {"provider": "cloudflare"}),
     "issues": (None, '{provider = "resend"}', {"provider": "resend"}),
+    "worker_start": ("spawn", '"spawn"', "spawn"),
 }
 
 

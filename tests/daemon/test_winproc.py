@@ -174,7 +174,7 @@ def test_the_worker_is_started_with_no_window_its_own_group_and_only_the_reply_h
     # Our copy of the handle was closed after the spawn: only the child holds the write end.
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(handle)
-    assert spawned.popen.wait(timeout=10) == 0
+    assert spawned.process.wait(timeout=10) == 0
 
 
 def test_the_order_is_job_spawn_assign_share_then_orders_never_block(
@@ -182,7 +182,7 @@ def test_the_order_is_job_spawn_assign_share_then_orders_never_block(
 ) -> None:
     spawned = spawn.spawn(listener, {"PATH": os.environ["PATH"]}, "tok", SETTINGS)
     _reply(spawned)
-    pid = spawned.popen.pid
+    pid = spawned.process.pid
     assert fake.names() == [
         "set_inheritable",
         "create_job",
@@ -197,36 +197,38 @@ def test_the_order_is_job_spawn_assign_share_then_orders_never_block(
     assert calls["create_job"] & winproc.JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION == 0x400
     assert calls["assign"] == (JOB, 0x4444)
     assert calls["share"] == pid  # shared for this worker's pid, after it exists
-    assert calls["pipe_nowait"] == spawned.popen.stdin.fileno()  # type: ignore[union-attr]
+    assert calls["pipe_nowait"] == spawned.process.stdin.fileno()  # type: ignore[union-attr]
     assert spawned.job is not None
     assert spawned.job.handle == JOB
-    spawned.popen.wait(timeout=10)
+    spawned.process.wait(timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("failing", "logged"),
+    [
+        ("create_job", "no job object for the worker"),
+        ("assign", "could not put the worker in its job object"),
+    ],
+)
 def test_without_a_job_object_the_worker_still_starts_and_the_log_says_what_is_lost(
-    make_fake: Any, listener: socket.socket, caplog: pytest.LogCaptureFixture
+    make_fake: Any,
+    listener: socket.socket,
+    caplog: pytest.LogCaptureFixture,
+    failing: str,
+    logged: str,
 ) -> None:
-    fake = make_fake({"create_job"})
+    fake = make_fake({failing})
     with caplog.at_level(logging.WARNING, "dbtkd.supervisor"):
         spawned = spawn.spawn(listener, {"PATH": os.environ["PATH"]}, "tok", SETTINGS)
     assert _reply(spawned).startswith(b"tok\n")
     assert spawned.job is None
-    assert "assign" not in fake.names()
-    assert "no job object for the worker" in caplog.text
-    spawned.popen.wait(timeout=10)
-
-
-def test_a_refused_assignment_closes_the_job_and_the_worker_runs_without(
-    make_fake: Any, listener: socket.socket, caplog: pytest.LogCaptureFixture
-) -> None:
-    fake = make_fake({"assign"})
-    with caplog.at_level(logging.WARNING, "dbtkd.supervisor"):
-        spawned = spawn.spawn(listener, {"PATH": os.environ["PATH"]}, "tok", SETTINGS)
-    assert _reply(spawned).startswith(b"tok\n")
-    assert spawned.job is None
-    assert fake.names()[fake.names().index("assign") + 1] == "close_handle"
-    assert "could not put the worker in its job object" in caplog.text
-    spawned.popen.wait(timeout=10)
+    assert logged in caplog.text
+    names = fake.names()
+    if failing == "create_job":
+        assert "assign" not in names
+    else:  # the job made for it is closed again
+        assert names[names.index("assign") + 1] == "close_handle"
+    spawned.process.wait(timeout=10)
 
 
 def test_a_failed_create_process_closes_the_job_and_every_pipe_end(
@@ -309,7 +311,8 @@ def test_on_windows_killing_the_worker_terminates_its_job_and_sends_no_signal_to
 
     async def main() -> int:
         handle = await workerhandle.WorkerHandle.adopt(
-            spawn.Spawned(popen, read_fd, "nonce", winproc.Job(JOB)), lambda: None
+            spawn.Spawned(popen, popen.stdin, popen.stdout, read_fd, "nonce", winproc.Job(JOB)),
+            lambda: None,
         )
         handle.kill()
         code = await asyncio.wait_for(handle.proc.wait(), 10)

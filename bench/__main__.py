@@ -41,6 +41,7 @@ from bench.common import (
     FigureResult,
     Measure,
     Row,
+    add_worker_start,
     ensure_baseline_venv,
     format_table,
     machine_info,
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help=f"exit {BUDGET_MISSED} if a budget is missed"
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep the temp dir (logs)")
+    add_worker_start(parser)
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the project venv")
     parser.add_argument(
         "--baseline", type=Path, default=DEFAULT_BASELINE, help="per_window_backend.py"
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 baseline_script=args.baseline,
                 quick=args.quick,
                 keep_temp=args.keep_temp,
+                worker_start=args.worker_start,
             ) as bench:
                 if args.keep_temp:
                     progress(f"temp dir (kept): {bench.workdir}")

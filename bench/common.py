@@ -346,6 +346,7 @@ class Bench:
         baseline_script: Path = DEFAULT_BASELINE,
         quick: bool = False,
         keep_temp: bool = False,
+        worker_start: str = "spawn",
     ) -> None:
         self.project_venv = project_venv
         self.project_python = project_venv / "bin" / "python"
@@ -354,6 +355,7 @@ class Bench:
         self.baseline_script = baseline_script
         self.quick = quick
         self.keep_temp = keep_temp
+        self.worker_start = worker_start  # written into each home's dbtkd.toml
         for path in (self.project_python, self.dbtkctl, baseline_script):
             if not path.exists():
                 raise BenchError(f"missing {path}")
@@ -384,6 +386,9 @@ class Bench:
         self._count += 1
         home = self.workdir / f"h{self._count}"
         home.mkdir(mode=0o700)
+        if self.worker_start != "spawn":
+            (home / "config").mkdir(mode=0o700)
+            (home / "config" / "dbtkd.toml").write_text(f'worker_start = "{self.worker_start}"\n')
         self._homes.append(home)
         return home
 
@@ -584,6 +589,15 @@ def terminate_as_interrupt() -> Iterator[None]:
 Measure = Callable[[Bench, int | None], FigureResult]
 
 
+def add_worker_start(parser: Any) -> None:
+    parser.add_argument(
+        "--worker-start",
+        choices=("spawn", "fork"),
+        default="spawn",
+        help="the daemons' worker_start setting (fork: the worker fork server, Linux)",
+    )
+
+
 def standalone(measure: Measure, description: str) -> None:
     """``python -m bench.<figure> [--quick] [--json] [--samples N]``: one figure alone."""
     import argparse
@@ -592,11 +606,12 @@ def standalone(measure: Measure, description: str) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--samples", type=int, default=None, help="override the sample count")
+    add_worker_start(parser)
     args = parser.parse_args()
     with terminate_as_interrupt():
         try:
             baseline = ensure_baseline_venv(DEFAULT_VENV)
-            with Bench(quick=args.quick) as bench:
+            with Bench(quick=args.quick, worker_start=args.worker_start) as bench:
                 result = measure(bench, args.samples)
         except KeyboardInterrupt:
             progress("interrupted; every process started was stopped")

@@ -135,7 +135,6 @@ class Zygote:
         self.forked = 0  # workers it forked: one that died having forked none is not retried
         self.gone = False
         self._loop: Any = None
-        self._buffered: list[dict[str, Any]] = []
 
     @classmethod
     def start(cls, env: Mapping[str, str]) -> Zygote:

@@ -67,11 +67,20 @@ from tests.daemon.test_supervisor import (
     test_worker_killed_with_sigkill_is_replaced_on_the_same_port_without_refusals,
     test_worker_runs_in_its_own_process_group_and_ignores_sigterm,
 )
+from tests.daemon.test_zygote import (
+    forking,
+    test_a_killed_worker_is_forked_again_on_the_same_port,
+    test_a_killed_zygote_takes_its_worker_and_a_new_pair_serves,
+    zygote_of,
+)
 
 # The lifecycle tests of the source pass, collected here again for the frozen executables.
 __all__ = [
+    "forking",
     "spawned",
     "test_a_home_too_long_for_a_socket_path_moves_only_the_socket",
+    "test_a_killed_worker_is_forked_again_on_the_same_port",
+    "test_a_killed_zygote_takes_its_worker_and_a_new_pair_serves",
     "test_a_socket_file_left_by_a_dead_daemon_is_replaced",
     "test_commands_against_a_stopped_daemon_have_honest_exit_codes",
     "test_config_file_is_read_and_flags_beat_environment_beat_file",
@@ -149,6 +158,14 @@ def test_supervisor_and_worker_are_the_frozen_dbtkd_and_use_no_python_installati
     assert_runs_only_the_bundle(worker)
     cmdline = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")[:-1]
     assert [part.decode() for part in cmdline[:3]] == [DBTKD, "_worker", "--reply-fd"]
+
+
+def test_the_frozen_zygote_is_the_bundle_and_forks_the_worker(forking: Daemon) -> None:
+    mother = zygote_of(forking)
+    assert_runs_only_the_bundle(mother)
+    cmdline = Path(f"/proc/{mother}/cmdline").read_bytes().split(b"\0")[:-1]
+    assert [part.decode() for part in cmdline[:3]] == [DBTKD, "_zygote", "--socket-fd"]
+    assert forking.http("GET", "/api/v1/health")[0] == 200
 
 
 def test_frozen_dbtkctl_starts_its_sibling_dbtkd_with_no_python_on_path(

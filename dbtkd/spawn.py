@@ -72,11 +72,16 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     return clean
 
 
+def dbtkd_argv(*args: str) -> list[str]:
+    """``dbtkd ARGS`` as this process runs it: the frozen executable, or ``python -m dbtkd``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "dbtkd", *args]
+
+
 def worker_argv(flag: str, value: int) -> list[str]:
     """``dbtkd _worker --reply-fd N`` (POSIX) or ``--reply-handle H`` (Windows)."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "_worker", flag, str(value)]
-    return [sys.executable, "-m", "dbtkd", "_worker", flag, str(value)]
+    return dbtkd_argv("_worker", flag, str(value))
 
 
 def test_faults(env: Mapping[str, str]) -> list[str]:

@@ -58,8 +58,9 @@ CLOSE_GOING_AWAY = 1001
 log = logging.getLogger("dbtkd.worker")
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL us when the supervisor dies, whatever we are doing."""
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL us when our parent dies (the supervisor, or the zygote
+    that forked us; the zygote's own parent is the supervisor), whatever we are doing."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -270,7 +271,7 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     # The supervisor raised it already; a worker started any other way must not stay at 1024.
     fdlimit.raise_to_hard()
     reply_fd = _reply_fd(argv)

@@ -36,6 +36,7 @@ import collections
 import contextlib
 import gc
 import json
+import logging
 import os
 import select
 import signal
@@ -56,8 +57,9 @@ CHILD_REPLY_FD = 4
 MAX_MESSAGE = 4096
 # sysexits.h EX_SOFTWARE: the forked child could not even start the worker.
 EXIT_CHILD_SETUP = 70
-PR_SET_PDEATHSIG = 1
 SIGKILL: int = getattr(signal, "SIGKILL", 9)
+
+log = logging.getLogger("dbtkd.supervisor")
 
 
 class ZygoteGone(OSError):
@@ -143,7 +145,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             popen = subprocess.Popen(
-                _argv(theirs.fileno()),
+                spawn.dbtkd_argv("_zygote", "--socket-fd", str(theirs.fileno())),
                 stdin=subprocess.DEVNULL,
                 env=spawn.child_environment(env),
                 pass_fds=(theirs.fileno(),),
@@ -215,11 +217,7 @@ class Zygote:
                 self.children[pid] = child
                 child._set_pid(pid)
             else:
-                import logging
-
-                logging.getLogger("dbtkd.supervisor").error(
-                    "the zygote could not fork a worker: %s", message["error"]
-                )
+                log.error("the zygote could not fork a worker: %s", message["error"])
                 child._set_exit(EXIT_CHILD_SETUP)
         elif "exit" in message:
             exited = self.children.pop(int(message["exit"]), None)
@@ -228,48 +226,34 @@ class Zygote:
 
     def _lost(self) -> None:
         """The zygote is gone: its workers die with it (PR_SET_PDEATHSIG), forks never come."""
-        self.gone = True
-        if self._loop is not None:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(self.sock.fileno())
+        self._stop_hearing()
         for child in [*self.pending, *self.children.values()]:
             child._set_exit(-SIGKILL)
         self.pending.clear()
         self.children.clear()
 
     def close(self) -> None:
-        """Let the zygote go: it exits at end of file; reaped here (or by the subreaper)."""
+        """Let the zygote go: it exits at end of file (the supervisor's subreaper reaps it)."""
+        self._stop_hearing()
+        self.sock.close()
+
+    def _stop_hearing(self) -> None:
         if self._loop is not None and not self.gone:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self.sock.fileno())
         self.gone = True
-        self.sock.close()
 
 
 def start_or_none(env: Mapping[str, str]) -> Zygote | None:
     """A new zygote, or None where there is none (not Linux) or it cannot be started."""
     if not SUPPORTED:
-        import logging
-
-        logging.getLogger("dbtkd.supervisor").warning(
-            "worker_start = fork needs Linux (pidfds); workers are spawned"
-        )
+        log.warning("worker_start = fork needs Linux (pidfds); workers are spawned")
         return None
     try:
         return Zygote.start(env)
     except OSError as exc:
-        import logging
-
-        logging.getLogger("dbtkd.supervisor").warning(
-            "no worker fork server (%s): workers are spawned", exc
-        )
+        log.warning("no worker fork server (%s): workers are spawned", exc)
         return None
-
-
-def _argv(fd: int) -> list[str]:
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "_zygote", "--socket-fd", str(fd)]
-    return [sys.executable, "-m", "dbtkd", "_zygote", "--socket-fd", str(fd)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,12 +270,10 @@ def main(argv: list[str]) -> int:
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    sock = socket.socket(fileno=int(argv[1]))
     from dbtkd import worker
 
+    worker.die_with_parent()
+    sock = socket.socket(fileno=int(argv[1]))
     worker.preload()
     gc.collect()
     gc.freeze()  # what survives is shared with every worker; keep collections off its pages

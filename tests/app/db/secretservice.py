@@ -88,13 +88,14 @@ class SecretService:
 
     def start_keyring(self) -> None:
         assert self.keyring is None
-        self.keyring = subprocess.Popen(
-            ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
-            env=self._env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with (self.root / "keyring.log").open("ab") as log:
+            self.keyring = subprocess.Popen(
+                ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
+                env=self._env(),
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+            )
         assert self.keyring.stdin is not None
         self.keyring.stdin.write(KEYRING_PASSWORD)
         self.keyring.stdin.close()
@@ -127,7 +128,7 @@ class SecretService:
         """The password under ``ref``, read with ``secret-tool`` (None if there is none)."""
         found = subprocess.run(
             ["secret-tool", "lookup", "application", APPLICATION, "ref", ref],
-            env=self._env(), capture_output=True, text=True, timeout=10, check=False,
+            env=self._env(), capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         return found.stdout if found.returncode == 0 else None
 
@@ -136,13 +137,28 @@ class SecretService:
         few hundred items, so this asks the Secret Service directly with ``dbus-send``)."""
         found = subprocess.run(
             [
-                "dbus-send", "--session", "--print-reply", "--dest=org.freedesktop.secrets",
-                "/org/freedesktop/secrets", "org.freedesktop.Secret.Service.SearchItems",
+                "dbus-send", "--session", "--print-reply", "--reply-timeout=120000",
+                "--dest=org.freedesktop.secrets", "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.SearchItems",
                 f"dict:string:string:application,{APPLICATION}",
             ],
-            env=self._env(), capture_output=True, text=True, timeout=30, check=True,
+            env=self._env(), capture_output=True, text=True, timeout=150, check=False,
         )  # fmt: skip
+        if found.returncode != 0:
+            # dbus-send's own reply timeout is 25 s, which a loaded machine can exceed; say
+            # what the bus and the keyring said rather than a bare exit status.
+            raise AssertionError(
+                f"dbus-send SearchItems exited {found.returncode}: {found.stderr.strip()}\n"
+                f"keyring running: {self.keyring is not None and self.keyring.poll() is None}\n"
+                f"gnome-keyring's log:\n{self.keyring_log()}"
+            )
         return found.stdout.count('object path "/org/freedesktop/secrets/collection/')
+
+    def keyring_log(self) -> str:
+        """The last lines gnome-keyring-daemon wrote (for a failure's message)."""
+        path = self.root / "keyring.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return "\n".join(lines[-30:])
 
     def close(self) -> None:
         for proc in (self.keyring, self.bus):

@@ -9,6 +9,7 @@ frozen build: it imports every module under ``dbtkd.app`` and every module they 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -24,6 +25,9 @@ NOT_LINUX = {"keyring"}
 def run() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["_worker"]:
+        # No collections while the worker imports (~60,000 objects, all kept): they would cost
+        # ~15 ms of a cold start and free nothing. ``dbtkd.worker.serve`` turns them back on.
+        gc.disable()
         from dbtkd.worker import main as worker_main
 
         sys.exit(worker_main(argv[1:]))
@@ -36,9 +40,16 @@ def run() -> None:
     # The supervisor speaks no TLS; without this, asyncio would load ssl (and OpenSSL) anyway,
     # about 0.7 MiB of every daemon's memory. The worker is a separate process and keeps ssl.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    # Before the first worker starts: it inherits the umask, and its files are the user's only.
+    os.umask(0o077)
+    from dbtkd import spawn
+
+    # The worker's imports are the longest step of a cold start: begin them now, while this
+    # process reads its settings, takes the lock and binds the port (dbtkd.launch).
+    early = spawn.start_early(argv, os.environ)
     from dbtkd.launch import main
 
-    sys.exit(main(argv))
+    sys.exit(main(argv, early))
 
 
 def selftest(argv: list[str]) -> int:

@@ -1,12 +1,14 @@
 """``dbtkd``: flags, settings, lock, port and the first worker, all before asyncio.
 
 A cold start is three Python processes in a row: ``dbtkctl``, the supervisor, the worker. The
-worker's start-up (~120 ms of imports) is the longest step, and asyncio alone costs the
-supervisor ~40 ms. So this module does everything the first worker needs — settings, log
+worker's start-up (~140 ms of imports) is the longest step, and asyncio alone costs the
+supervisor ~40 ms. So ``dbtkd.__main__`` starts the first worker at its first line
+(``spawn.start_early``), and this module does everything that worker needs — settings, log
 file, instance lock (or a handoff from an older daemon), the listening socket, the token —
-with the stdlib only, spawns the worker, and only then imports asyncio and the supervisor:
-on two cores the two start-ups overlap. ``main`` is the entry point; exceptions become exit
-codes here and nowhere else.
+with the stdlib only, hands them over (``spawn.handshake``; or spawns the worker now where it
+could not start early), and only then imports asyncio and the supervisor: on two cores the
+start-ups overlap. ``main`` is the entry point; exceptions become exit codes here and nowhere
+else, and an early worker this daemon does not keep is ended on the way out.
 """
 
 from __future__ import annotations
@@ -90,8 +92,12 @@ class Launch:
         self.carried_leases = list(carried["leases"])  # held by the supervisor for a grace
 
 
-def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
-    """Everything up to a running first worker; logs (and raises) what stops it."""
+def prepare(
+    settings: Settings, env: dict[str, str], *, echo: bool, early: spawn.Started | None = None
+) -> Launch:
+    """Everything up to a running first worker; logs (and raises) what stops it. ``early`` is
+    a worker started at dbtkd's first line (``spawn.start_early``): it becomes the first worker
+    unless the settings ask for the fork server; the caller discards it if this raises."""
     # First: the worker inherits it, and the control socket's connections count against it.
     open_files = fdlimit.raise_to_hard()
     logfile = LogFile(
@@ -127,6 +133,11 @@ def prepare(settings: Settings, env: dict[str, str], *, echo: bool) -> Launch:
         settings, env, port=launch.port, started_at=launch.started_at, restarts=0
     )
     launch.zygote = zygote.start_or_none(env) if settings.worker_start == "fork" else None
+    if early is not None:
+        if launch.zygote is None:
+            launch.first_worker = spawn.handshake(early, launch.listener, launch.token, first)
+        else:
+            early.discard()  # dbtkd.toml asked for the fork server; its worker comes from there
     if launch.zygote is not None:
         try:
             # Forked once the zygote has imported the worker; the order waits in its socket.
@@ -173,8 +184,16 @@ def _parse(argv: list[str] | None) -> Any:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``dbtkd``: run the supervisor in the foreground."""
+def main(argv: list[str] | None = None, early: spawn.Started | None = None) -> int:
+    """``dbtkd``: run the supervisor in the foreground. ``early``: see ``prepare``."""
+    try:
+        return _main(argv, early)
+    finally:
+        if early is not None:
+            early.discard()  # unless it became the first worker
+
+
+def _main(argv: list[str] | None, early: spawn.Started | None) -> int:
     args = _parse(argv)
     os.umask(0o077)
     env = dict(os.environ)
@@ -193,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             takeover=args.takeover,
             on_demand=args.on_demand,
         )
-        launch = prepare(settings, env, echo=sys.stderr.isatty())
+        launch = prepare(settings, env, echo=sys.stderr.isatty(), early=early)
         # Only now, with the first worker already starting on the other core.
         import asyncio
 

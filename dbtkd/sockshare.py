@@ -18,7 +18,9 @@ and the worker side: ``sock, bind = import_in_child(info)``.
 
 The OS is chosen once, in ``_WINDOWS``; tests flip it to run the other branch. ``socket.share``
 and ``socket.fromshare`` sit behind ``_share`` / ``_fromshare`` so Linux can exercise the
-Windows branch. dbtkctl imports it (through ``dbtkd.port``): stdlib only.
+Windows branch. A POSIX worker started before the socket exists (the first one, at the
+supervisor's first line: ``dbtkd.spawn.start_early``) gets it later over a socket pair
+(``SCM_RIGHTS``): ``{"recv": N}``. dbtkctl imports it (through ``dbtkd.port``): stdlib only.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 _WINDOWS = sys.platform == "win32"
 
@@ -89,6 +91,24 @@ def export_for_child(sock: socket.socket, child_pid: int) -> dict[str, Any]:
     return {"fd": sock.fileno()}
 
 
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """POSIX: ``(ours, the child's)``, a socket pair for a worker started before the listening
+    socket exists (``dbtkd.spawn.start_early``); pass the child's end with ``pass_fds``."""
+    if sys.platform == "win32":
+        raise OSError("sockets travel by socket.share on Windows, not over a socket pair")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours, theirs
+
+
+def export_through(channel: socket.socket, child_fd: int, sock: socket.socket) -> dict[str, Any]:
+    """POSIX: send ``sock`` over ``channel`` (``SCM_RIGHTS``) to a worker holding the other end
+    as descriptor ``child_fd``; the JSON-ready description is ``{"recv": child_fd}``."""
+    if sys.platform == "win32":
+        raise OSError("sockets travel by socket.share on Windows, not over a socket pair")
+    socket.send_fds(channel, [b"L"], [sock.fileno()])
+    return {"recv": child_fd}
+
+
 def import_in_child(info: Mapping[str, Any]) -> tuple[socket.socket, str]:
     """Rebuild the listening socket in the worker: ``(sock, hypercorn_bind)``.
 
@@ -106,9 +126,13 @@ def import_in_child(info: Mapping[str, Any]) -> tuple[socket.socket, str]:
         except binascii.Error as exc:
             raise ValueError(f"the shared socket from the supervisor is not base64: {exc}") from exc
         return _checked(_fromshare(data), "the shared socket"), ""
+    if set(info) == {"recv"} and _descriptor(info["recv"]):
+        return _received(info["recv"])
     fd = info.get("fd")
-    if set(info) != {"fd"} or not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
-        raise ValueError(f'expected {{"fd": N}} with N >= 0 from the supervisor, got {info!r}')
+    if set(info) != {"fd"} or not _descriptor(fd):
+        raise ValueError(
+            f'expected {{"fd": N}} or {{"recv": N}} with N >= 0 from the supervisor, got {info!r}'
+        )
     try:
         # A duplicate, not socket(fileno=fd): two socket objects owning one descriptor would
         # close it twice, the second time perhaps closing an unrelated, reused descriptor.
@@ -120,6 +144,33 @@ def import_in_child(info: Mapping[str, Any]) -> tuple[socket.socket, str]:
             "spawned with spawn_kwargs(sock)?",
         ) from exc
     return _checked(sock, f"descriptor {fd}"), f"fd://{fd}"
+
+
+def _descriptor(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _received(channel_fd: int) -> tuple[socket.socket, str]:
+    """The listening socket sent over the socket pair ``channel_fd`` (``export_through``)."""
+    if sys.platform == "win32":
+        raise ValueError('{"recv": N} is for POSIX workers; on Windows expected {"share": ...}')
+    try:
+        with socket.socket(fileno=channel_fd) as channel:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 1, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"the socket pair {channel_fd} from the supervisor is unusable: {exc}"
+        ) from exc
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"expected one descriptor on socket pair {channel_fd}; got {len(fds)}")
+    try:
+        sock = _checked(socket.socket(fileno=os.dup(fds[0])), "the socket sent by the supervisor")
+    except BaseException:
+        os.close(fds[0])
+        raise
+    return sock, f"fd://{fds[0]}"
 
 
 def _checked(sock: socket.socket, what: str) -> socket.socket:

@@ -25,8 +25,8 @@ NOT_LINUX = {"keyring"}
 def run() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["_worker"]:
-        # No collections while the worker imports (~60,000 objects, all kept): they would cost
-        # ~15 ms of a cold start and free nothing. ``dbtkd.worker.serve`` turns them back on.
+        # No collections while the worker imports (~60,000 objects, nearly all kept): they
+        # would cost ~15 ms of a cold start. ``dbtkd.worker.settle_collector`` turns them on.
         gc.disable()
         from dbtkd.worker import main as worker_main
 

@@ -53,7 +53,10 @@ WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
 # time only.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
 PR_SET_PDEATHSIG = 1
-# sysexits.h EX_CONFIG: the supervisor treats it as fatal (no retries, state ``failed``).
+# The collector stays off this long after the app is built (dbtkd.__main__ turned it off for
+# the imports): long enough for a cold start's first requests, short enough to be harmless.
+SETTLE_COLLECTOR_AFTER = 1 * SECONDS
+# RFC 6455 "going away": the close code of a stop (the supervisor may send another).
 CLOSE_GOING_AWAY = 1001
 
 log = logging.getLogger("dbtkd.worker")
@@ -155,6 +158,14 @@ class ReadinessProbe:
         await self.app(scope, receive, send)
 
 
+def settle_collector() -> None:
+    """Collect what start-up left (~15 ms, a few hundred objects: ~0.3 MiB), then move what
+    survives, which lives as long as the worker, out of every later collection's way."""
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
 def _hypercorn_config(settings: Handshake) -> Any:
     from hypercorn.config import Config
 
@@ -223,11 +234,9 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
         )
     )
 
-    # What start-up made lives as long as the worker: out of every later collection's way
-    # (dbtkd.__main__ turned collections off for the imports; a few hundred objects of
-    # garbage among them stay, about 0.1 MiB).
-    gc.freeze()
-    gc.enable()
+    # dbtkd.__main__ turned collections off for the imports; the one they put off runs once
+    # the worker is serving, not on a cold start's way (``settle_collector``).
+    loop.call_later(SETTLE_COLLECTOR_AFTER, settle_collector)
     meter = Meter(app)
     supervisor_view: dict[str, Any] = {}
     app.state.meter = meter

@@ -10,6 +10,7 @@ pongs; ``render`` turns everything into Prometheus text.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -105,6 +106,14 @@ def render(
         for process, stats in processes.items():
             if stats.get(key) is not None:
                 out.append(f"{metric}{_labels(process=process)} {stats[key]}")
+    family("dbtk_worker_gc_enabled", "gauge", "1 once the worker's cyclic collector is on.")
+    out.append(f"dbtk_worker_gc_enabled {int(gc.isenabled())}")
+    family(
+        "dbtk_worker_gc_frozen_objects",
+        "gauge",
+        "Objects from the worker's start-up that its collector no longer scans.",
+    )
+    out.append(f"dbtk_worker_gc_frozen_objects {gc.get_freeze_count()}")
     family("dbtk_worker_restarts_total", "counter", "Worker restarts by cause.")
     for cause, count in sorted(restarts.items()):
         out.append(f"dbtk_worker_restarts_total{_labels(cause=cause)} {count}")

@@ -78,6 +78,21 @@ def test_http_metrics_needs_the_token_and_speaks_prometheus(daemon: Daemon) -> N
     assert "# TYPE dbtk_worker_restarts_total counter" in text
 
 
+def test_the_worker_turns_its_collector_on_once_serving_with_start_up_frozen(
+    daemon: Daemon,
+) -> None:
+    # dbtkd.__main__ turns the collector off for the worker's imports; a second after the
+    # app is built it collects once, freezes what is left and is on for good.
+    def settled() -> str | None:
+        text = daemon.http("GET", "/metrics")[2].decode()
+        return text if "\ndbtk_worker_gc_enabled 1\n" in text else None
+
+    text = wait_until(settled, what="the worker's collector to be on")
+    frozen = re.search(r"\ndbtk_worker_gc_frozen_objects (\d+)\n", text)
+    assert frozen is not None
+    assert int(frozen[1]) > 10_000  # the modules, classes and functions of start-up
+
+
 def test_killing_the_supervisor_ends_the_worker_within_a_second_even_with_websockets_open(
     home: Path, reaper: ProcessReaper
 ) -> None:

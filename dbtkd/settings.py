@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
-from dbtkd import paths, services
+from dbtkd import paths
 from dbtkd.errors import ConfigError
 from dbtkd.port import parse_port_range
 from dbtkd.units import SECONDS
@@ -52,8 +52,10 @@ KEYS = (
 FILE_ONLY = ("tool_paths", "ai", "issues")
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
+    """Immutable once built. A NamedTuple rather than a dataclass: ``dbtkctl`` imports this
+    module before it starts a daemon, and dataclasses (with inspect) would cost it ~5 ms."""
+
     runtime: paths.RuntimePaths
     data: paths.DataPaths
     port_range: tuple[int, int] | None  # None: let the OS pick (``--port-range 0``)
@@ -63,7 +65,7 @@ class Settings:
     log_level: str = "info"
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_backups: int = DEFAULT_LOG_BACKUPS
-    tool_paths: Mapping[str, str] = field(default_factory=dict)
+    tool_paths: Mapping[str, str] = MappingProxyType({})
     worker_start: str = "spawn"
     takeover: bool = False
 
@@ -139,6 +141,14 @@ def _parse_worker_start(value: object, source: str) -> str:
     return str(value)
 
 
+def _services() -> Any:
+    """``dbtkd.services``, imported only for a file that has ``ai`` or ``issues`` (its
+    dataclasses would cost ``dbtkctl`` ~5 ms before it can start a daemon)."""
+    from dbtkd import services
+
+    return services
+
+
 PARSERS: dict[str, Any] = {
     "port_range": parse_port_range,
     "allowed_origins": parse_origins,
@@ -148,8 +158,8 @@ PARSERS: dict[str, Any] = {
     "log_max_bytes": _parse_positive_int,
     "log_backups": _parse_positive_int,
     "tool_paths": _parse_tool_paths,
-    "ai": lambda v, s: services.parse_ai(v, s),
-    "issues": lambda v, s: services.parse_issues(v, s),
+    "ai": lambda v, s: _services().parse_ai(v, s),
+    "issues": lambda v, s: _services().parse_issues(v, s),
     "worker_start": _parse_worker_start,
 }
 
@@ -200,7 +210,7 @@ def load(
         if key in FILE_ONLY and isinstance(raw, str):
             raise ConfigError(f"{source}: {key} can only be set in dbtkd.toml")
         values[key] = PARSERS[key](raw, source)
-    services.check_private(data.config_file, file_values)
+    _services().check_private(data.config_file, file_values)
     values.pop("ai", None)  # validated; the worker reads them when a request needs them
     values.pop("issues", None)
     if on_demand and "idle_exit" not in values:

@@ -18,7 +18,6 @@ inherited reply handle, no console, a job object, the socket shared after the sp
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -113,6 +112,8 @@ def send_handshake(
 ) -> None:
     """The token line and the settings line, then the pipe turns non-blocking: orders must
     never stall the supervisor (a hung worker's full pipe drops them instead)."""
+    import json  # here, not at the top: re and json are ~5 ms before the early worker starts
+
     handshake: Handshake = {**settings, "probe": probe, "socket": socket_info}
     try:
         # Two short lines into an empty pipe: this never blocks.

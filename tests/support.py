@@ -59,6 +59,30 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(") ", 1)[1].split()[1])
+
+
+def daemon_processes(home: Path) -> list[int]:
+    """Pids of every live dbtkd process (supervisor, worker, zygote) serving ``home``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        is_dbtkd = any(part.endswith(b"dbtkd") for part in cmdline[:3])
+        if is_dbtkd and (
+            str(home).encode() in b"\0".join(cmdline) or f"DBTK_HOME={home}\0".encode() in environ
+        ):
+            found.append(int(entry))
+    return found
+
+
 def health(port: int) -> int:
     """The status of ``GET /health`` on 127.0.0.1:``port`` (the one route without a token)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -17,31 +17,13 @@ from tests.support import (
     DBTKCTL,
     Daemon,
     ProcessReaper,
+    daemon_processes,
     env_for,
     pid_alive,
     read_state,
     run_ctl,
     wait_until,
 )
-
-
-def daemon_processes(home: Path) -> list[int]:
-    """Pids of every dbtkd process (supervisor or worker) serving ``home``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        is_dbtkd = any(part.endswith(b"dbtkd") for part in cmdline[:3])
-        if is_dbtkd and (
-            str(home).encode() in b"\0".join(cmdline) or f"DBTK_HOME={home}\0".encode() in environ
-        ):
-            found.append(int(entry))
-    return found
 
 
 @pytest.fixture

@@ -17,34 +17,28 @@ from pathlib import Path
 import pytest
 
 from dbtkd import sockshare, zygote
-from tests.support import DBTKD, ProcessReaper, env_for, health
+from tests.support import DBTKD, ProcessReaper, daemon_processes, env_for, health, ppid
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
 
 
 def workers_in(home: Path) -> list[int]:
-    """Every live ``dbtkd _worker`` process of the profile ``home`` (found by its DBTK_HOME)."""
-    wanted = f"DBTK_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(") ", 1)[1].split()[0]
-        except OSError:
-            continue  # gone meanwhile, or not ours
-        if b"_worker" in argv and wanted in environ and state != "Z":
-            found.append(int(entry.name))
-    return found
+    """Every live ``dbtkd _worker`` process of the profile ``home``."""
+    return [pid for pid in daemon_processes(home) if _is_worker(pid)]
 
 
-def proc_field(pid: int, name: str) -> str:
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"_worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone meanwhile
+
+
+def umask(pid: int) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{name}:"):
+        if line.startswith("Umask:"):
             return line.split(":", 1)[1].strip()
-    raise AssertionError(f"/proc/{pid}/status has no {name}")
+    raise AssertionError(f"/proc/{pid}/status has no Umask")
 
 
 def test_the_early_worker_serves_as_the_supervisors_child_with_its_umask(
@@ -58,8 +52,8 @@ def test_the_early_worker_serves_as_the_supervisors_child_with_its_umask(
         os.umask(previous)
     worker = daemon.worker_pid
     assert health(daemon.port) == 200
-    assert proc_field(worker, "PPid") == str(daemon.pid)
-    assert proc_field(worker, "Umask") == "0077"
+    assert ppid(worker) == daemon.pid
+    assert umask(worker) == "0077"
     assert workers_in(home) == [worker]
 
 
@@ -102,9 +96,9 @@ def test_a_config_file_asking_for_the_fork_server_discards_the_early_worker(
     # The worker serving is the zygote's fork (its command line is the zygote's); the early
     # one, started as ``dbtkd _worker``, is gone.
     assert workers_in(home) == []
-    parent = int(proc_field(daemon.worker_pid, "PPid"))
+    parent = ppid(daemon.worker_pid)
     assert b"_zygote" in Path(f"/proc/{parent}/cmdline").read_bytes()
-    assert proc_field(parent, "PPid") == str(daemon.pid)
+    assert ppid(parent) == daemon.pid
     assert health(daemon.port) == 200
 
 

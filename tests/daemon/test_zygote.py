@@ -26,16 +26,12 @@ from tests.support import (
     ProcessReaper,
     health,
     pid_alive,
+    ppid,
     wait_until,
 )
 
 pytestmark = pytest.mark.skipif(not zygote.SUPPORTED, reason="the fork server is Linux's")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        return int(stat.read().rsplit(") ", 1)[1].split()[1])
 
 
 def zygote_of(daemon: Daemon) -> int:

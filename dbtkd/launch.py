@@ -185,7 +185,8 @@ def _parse(argv: list[str] | None) -> Any:
 
 
 def main(argv: list[str] | None = None, early: spawn.Started | None = None) -> int:
-    """``dbtkd``: run the supervisor in the foreground. ``early``: see ``prepare``."""
+    """``dbtkd``: run the supervisor in the foreground. ``early``: see ``prepare``. The caller,
+    ``dbtkd.__main__``, has set the umask (0077) already: before the early worker started."""
     try:
         return _main(argv, early)
     finally:
@@ -195,7 +196,6 @@ def main(argv: list[str] | None = None, early: spawn.Started | None = None) -> i
 
 def _main(argv: list[str] | None, early: spawn.Started | None) -> int:
     args = _parse(argv)
-    os.umask(0o077)
     env = dict(os.environ)
     try:
         settings = load(

@@ -7,12 +7,19 @@ sample, outside the measured interval. Compared with one per-window backend: spa
 connections are retried every 1 ms; the same probe is used for both sides). Samples of the
 two sides are interleaved, alternating which goes first.
 
-Budget (issue 2): median ≤ 0.8x the per-window backend's median.
+Budget (issue 2): median ≤ 0.8x the per-window backend's median; issue 18 asks ≤ 0.7x.
+
+A second figure, with no budget, is what the app itself waits for before its first call:
+``dbtkctl port --json`` (port and token), then ``GET /api/v1/status`` with the token until 200.
+The worker answers /health before it has imported the app (``dbtkd.app.loading``); this one
+needs the whole app loaded and its jobs started. It is set against the same baseline figure,
+whose backend has nothing but a health route.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 from typing import Any
@@ -36,15 +43,15 @@ QUICK_SAMPLES = 3
 BUDGET = 0.8
 
 
-def dbtkd_sample(bench: Bench) -> dict[str, Any]:
-    """One cold ``dbtkctl port --port-range 0`` → port line → ``GET /health`` 200."""
+def dbtkd_sample(bench: Bench, *, api: bool = False) -> dict[str, Any]:
+    """One cold ``dbtkctl port --port-range 0`` → port line → ``GET /health`` 200; with ``api``,
+    ``port --json`` → ``GET /api/v1/status`` with the token → 200."""
     home = bench.new_home()
     try:
         start = time.perf_counter()
         deadline = start + START_DEADLINE
-        proc = bench.popen(
-            [bench.dbtkctl, "port", "--port-range", "0"], home=home, name="dbtkctl-port"
-        )
+        argv = [bench.dbtkctl, "port", "--port-range", "0", *(["--json"] if api else [])]
+        proc = bench.popen(argv, home=home, name="dbtkctl-port")
         assert proc.stdout is not None
         try:
             line = read_line(proc.stdout, deadline)
@@ -53,7 +60,14 @@ def dbtkd_sample(bench: Bench) -> dict[str, Any]:
                 proc.wait(STOP_GRACE)
             raise BenchError(f"dbtkctl port: {exc}\n{bench.stderr_of(proc)}") from None
         printed = time.perf_counter()
-        attempts = wait_http_200(int(line), "/health", deadline=deadline)
+        if api:
+            found = json.loads(line)
+            headers = {"Authorization": f"Bearer {found['token']}"}
+            attempts = wait_http_200(
+                found["port"], "/api/v1/status", deadline=deadline, headers=headers
+            )
+        else:
+            attempts = wait_http_200(int(line), "/health", deadline=deadline)
         healthy = time.perf_counter()
         code = proc.wait(START_DEADLINE)
         bench.reap(proc)
@@ -85,34 +99,47 @@ def measure(bench: Bench, samples: int | None = None) -> FigureResult:
     dbtkd_sample(bench)
     baseline_sample(bench)
     dbtkd: list[dict[str, Any]] = []
+    api: list[dict[str, Any]] = []
     baseline: list[dict[str, Any]] = []
     for i in range(n):
         progress(f"cold start: sample {i + 1}/{n}")
         if i % 2 == 0:
             dbtkd.append(dbtkd_sample(bench))
+            api.append(dbtkd_sample(bench, api=True))
             baseline.append(baseline_sample(bench))
         else:
             baseline.append(baseline_sample(bench))
+            api.append(dbtkd_sample(bench, api=True))
             dbtkd.append(dbtkd_sample(bench))
     ours = Summary.of([s["total_s"] for s in dbtkd])
+    ours_api = Summary.of([s["total_s"] for s in api])
     theirs = Summary.of([s["total_s"] for s in baseline])
     ratio = ours.median / theirs.median
-    row = Row(
-        figure=f"cold port -> health 200 (median of {n}, min-max)",
-        dbtkd=ours.text(),
-        baseline=theirs.text(),
-        ratio=ratio,
-        budget=f"<= {BUDGET:.2f}x",
-        ok=ratio <= BUDGET,
-    )
+    rows = [
+        Row(
+            figure=f"cold port -> health 200 (median of {n}, min-max)",
+            dbtkd=ours.text(),
+            baseline=theirs.text(),
+            ratio=ratio,
+            budget=f"<= {BUDGET:.2f}x",
+            ok=ratio <= BUDGET,
+        ),
+        Row(
+            figure=f"cold port --json -> /api/v1/status 200 (median of {n})",
+            dbtkd=ours_api.text(),
+            baseline=theirs.text(),
+            ratio=ours_api.median / theirs.median,
+        ),
+    ]
     data = {
         "samples": n,
         "dbtkd": {"summary_s": vars(ours), "samples": dbtkd},
+        "dbtkd_api": {"summary_s": vars(ours_api), "samples": api},
         "baseline": {"summary_s": vars(theirs), "samples": baseline},
         "ratio": ratio,
         "budget": BUDGET,
     }
-    return FigureResult("cold_start", [row], data)
+    return FigureResult("cold_start", rows, data)
 
 
 if __name__ == "__main__":

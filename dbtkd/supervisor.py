@@ -50,6 +50,7 @@ from dbtkd.leases import Leases
 from dbtkd.policy import START_FAILURE_WINDOW, Fail, Restart, RestartPolicy, State
 from dbtkd.subreaper import Subreaper
 from dbtkd.wire import (
+    EXIT_APP_LOAD,
     EXIT_CONFIG,
     WORKER_READY_TIMEOUT,
     HandoffState,
@@ -340,8 +341,11 @@ class Supervisor:
             if taking_over and not ready:
                 self._fail_takeover(worker, timeout, timed_out)
                 return
+            # A worker whose app did not load never served it: a failed start, not a crash.
+            loaded = worker.proc.returncode != EXIT_APP_LOAD
             decision = self.policy.on_exit(
-                ready_since=worker.ready_at, fatal=worker.proc.returncode == EXIT_CONFIG
+                ready_since=worker.ready_at if loaded else None,
+                fatal=worker.proc.returncode == EXIT_CONFIG,
             )
             if isinstance(decision, Restart):
                 cause = worker.cause()

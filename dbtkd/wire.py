@@ -28,6 +28,11 @@ from dbtkd.units import SECONDS
 # The worker's "fatal configuration error" status (sysexits EX_CONFIG): the supervisor goes to
 # ``failed`` at once instead of retrying.
 EXIT_CONFIG = 78
+# The worker's "its app did not load" status (sysexits EX_SOFTWARE). A worker answers /health
+# while it loads the app (dbtkd.app.loading), so it may have been ready; a worker that ends this
+# way still counts as a failed start (backoff, then ``failed``), not as a serving worker's death
+# (replaced at once), so a broken install cannot make it restart in a loop.
+EXIT_APP_LOAD = 70
 # The supervisor's readiness probe carries the worker's nonce in this header; the worker echoes
 # it, so the answer cannot come from an older worker still draining.
 PROBE_HEADER = "x-dbtk-probe"

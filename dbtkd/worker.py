@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dbtkd import fdlimit
+from dbtkd.app.loading import APP_MODULES
 from dbtkd.listener import CappedListener, connection_cap
 from dbtkd.port import LISTEN_BACKLOG
 from dbtkd.units import SECONDS
@@ -185,16 +186,18 @@ def _hypercorn_config(settings: Handshake) -> Any:
 
 # What ``serve`` imports and what the app's first requests need: the zygote imports them once
 # and every worker it forks shares them (dbtkd.zygote). tests/daemon/test_zygote.py checks
-# that ``serve`` imports nothing more.
+# that ``serve`` imports nothing more. A spawned worker serves once the first five are
+# imported and imports the rest while it already answers /health (dbtkd.app.loading).
 PRELOAD = (
     "hypercorn.asyncio.run",
     "hypercorn.config",
     "hypercorn.utils",
     "dbtkd.sockshare",
-    "dbtkd.app.application",
+    "dbtkd.app.loading",
     "dbtkd.app.meter",
     "dbtkd.app.programs",
     "dbtkd.app.routes",
+    *APP_MODULES,
 )
 
 
@@ -212,38 +215,47 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
     from hypercorn.utils import wrap_app
 
     from dbtkd import sockshare
-    from dbtkd.app import AppConfig, create_app, programs
+    from dbtkd.app import programs
+    from dbtkd.app.config import AppConfig
+    from dbtkd.app.loading import LoadingApp
     from dbtkd.app.meter import Meter
 
     loop = asyncio.get_running_loop()
     sock, bind = sockshare.import_in_child(settings["socket"])
-    app = create_app(
-        AppConfig(
-            token=token,
-            port=settings["port"],
-            allowed_origins=tuple(settings["allowed_origins"]),
-            version=settings["version"],
-            daemon_pid=settings["daemon_pid"],
-            daemon_started_at=settings["daemon_started_at"],
-            worker_started_at=time.time(),
-            worker_restarts=settings["worker_restarts"],
-            log_file=settings["log_file"],
-            data_dir=settings["data_dir"],
-            config_file=settings.get("config_file", ""),
-            test_faults=frozenset(settings.get("test_faults", ())),
-        )
+    app_config = AppConfig(
+        token=token,
+        port=settings["port"],
+        allowed_origins=tuple(settings["allowed_origins"]),
+        version=settings["version"],
+        daemon_pid=settings["daemon_pid"],
+        daemon_started_at=settings["daemon_started_at"],
+        worker_started_at=time.time(),
+        worker_restarts=settings["worker_restarts"],
+        log_file=settings["log_file"],
+        data_dir=settings["data_dir"],
+        config_file=settings.get("config_file", ""),
+        test_faults=frozenset(settings.get("test_faults", ())),
     )
+    supervisor_view: dict[str, Any] = {}
+
+    def build() -> Any:
+        # Runs on the event loop once LoadingApp's thread has imported APP_MODULES.
+        from dbtkd.app.application import create_app
+
+        app = create_app(app_config)
+        app.state.meter = meter
+        app.state.supervisor_view = supervisor_view
+        return app
+
+    loading = LoadingApp(app_config, build)
+    meter = Meter(loading)
 
     # dbtkd.__main__ turned collections off for the imports; the one they put off runs once
     # the worker is serving, not on a cold start's way (``settle_collector``).
     loop.call_later(SETTLE_COLLECTOR_AFTER, settle_collector)
-    meter = Meter(app)
-    supervisor_view: dict[str, Any] = {}
-    app.state.meter = meter
-    app.state.supervisor_view = supervisor_view
 
     def activity() -> Activity:
-        jobs = getattr(app.state, "jobs", None)
+        jobs = getattr(loading.app and loading.app.state, "jobs", None)  # type: ignore[attr-defined]
         running = jobs.running() if jobs is not None else []
         return {
             "idle_for": round(meter.idle_for(), 3),
@@ -262,12 +274,15 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
     async def shutdown_trigger() -> None:
         code = await orders.stop_code
         log.info("stopping (websocket close code %d)", code)
-        jobs = getattr(app.state, "jobs", None)
+        app = loading.app  # None while loading: no job or stream can exist yet
+        if app is None:
+            return
+        jobs = getattr(app.state, "jobs", None)  # type: ignore[attr-defined]
         if jobs is not None and jobs.running():
             # DESIGN §2: jobs still running at a stop are cancelled, their children killed and
             # reaped, partial files removed, and each marked failed with the reason.
             await jobs.cancel_all(orders.jobs_reason)
-        await app.state.streams.close_all(code)
+        await app.state.streams.close_all(code)  # type: ignore[attr-defined]
 
     config = _hypercorn_config(settings)
     served = ReadinessProbe(meter, settings["probe"])

@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from dbtkd.app.responses import ErrorResponse
+from dbtkd.app.responses import error_response
 from dbtkd.app.streams import Streams
 
 INBOX_MESSAGES = 64
@@ -69,6 +69,6 @@ class DuplexStream:
 async def deny(websocket: WebSocket, status: int, error: str, detail: str) -> None:
     """Refuse an upgrade with an HTTP status (or, if the server cannot, a close frame)."""
     if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
-        await websocket.send_denial_response(ErrorResponse(status, error, detail))
+        await websocket.send_denial_response(error_response(status, error, detail))
     else:
         await websocket.close(1013 if status == 503 else 1008, detail[:120])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 # Enough of a header value or path to recognise it; a hostile megabyte is not mirrored back.
 MAX_ECHO_CHARS = 80
@@ -30,14 +32,15 @@ def describe(value: str | bytes) -> str:
     return repr(text)
 
 
-class ErrorResponse(JSONResponse):
-    """A JSON error response in the app's one error shape."""
+def error_response(
+    status_code: int,
+    error: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error response in the app's one error shape, for the routes."""
+    # Imported here, not above: the gate imports this module and serves /health while the
+    # worker is still loading Starlette's responses (dbtkd.app.loading).
+    from starlette.responses import JSONResponse
 
-    def __init__(
-        self,
-        status_code: int,
-        error: str,
-        detail: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__({"error": error, "detail": detail}, status_code, headers)
+    return JSONResponse({"error": error, "detail": detail}, status_code, headers)

@@ -45,7 +45,7 @@ from dbtkd.app.config import AppConfig
 from dbtkd.app.db.profiles import STORE_FILE, InvalidProfileError, ProfileNotFoundError
 from dbtkd.app.endpoints import ApiError, route
 from dbtkd.app.logtail import follow_log, parse_backlog
-from dbtkd.app.responses import ErrorResponse, describe
+from dbtkd.app.responses import describe, error_response
 from dbtkd.app.store import StoreTooNewError, StoreUnwritable
 from dbtkd.app.streams import Streams
 from dbtkd.passwords import report as password_report
@@ -252,7 +252,7 @@ def _test_fault_block_event_loop(seconds: float) -> None:
 async def _deny(websocket: WebSocket, status: int, error: str, detail: str) -> None:
     """Refuse an upgrade the gate let through (a bad query parameter) with an HTTP status."""
     if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
-        await websocket.send_denial_response(ErrorResponse(status, error, detail))
+        await websocket.send_denial_response(error_response(status, error, detail))
     else:
         # A close reason is capped at 123 bytes: name the problem, not the detail.
         await websocket.close(1008, error)
@@ -271,12 +271,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     else:
         error = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         detail = exc.detail
-    return ErrorResponse(exc.status_code, error, detail, headers=exc.headers)
+    return error_response(exc.status_code, error, detail, headers=exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     """A 500 that names no internals: the traceback goes to the log, not to the client."""
-    return ErrorResponse(
+    return error_response(
         500,
         "internal_error",
         f"expected {request.method} {describe(request.url.path)} to succeed; the worker failed "
@@ -287,11 +287,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 async def api_error(request: Request, exc: Exception) -> Response:
     """A client mistake a route raised (``ApiError``): its status, code and sentence."""
     assert isinstance(exc, ApiError)
-    return ErrorResponse(exc.status, exc.error, exc.detail)
+    return error_response(exc.status, exc.error, exc.detail)
 
 
 async def unknown_connection(request: Request, exc: Exception) -> Response:
-    return ErrorResponse(
+    return error_response(
         404,
         "not_found",
         "expected the id of a saved connection (GET /api/v1/connections lists them); "
@@ -300,17 +300,17 @@ async def unknown_connection(request: Request, exc: Exception) -> Response:
 
 
 async def invalid_profile(request: Request, exc: Exception) -> Response:
-    return ErrorResponse(422, "invalid_params", str(exc))
+    return error_response(422, "invalid_params", str(exc))
 
 
 async def store_too_new(request: Request, exc: Exception) -> Response:
-    return ErrorResponse(409, "store_too_new", str(exc))
+    return error_response(409, "store_too_new", str(exc))
 
 
 async def store_unwritable(request: Request, exc: Exception) -> Response:
     """A full (507) or read-only (503) data dir: nothing was saved; reads go on."""
     assert isinstance(exc, StoreUnwritable)
-    return ErrorResponse(exc.status, exc.code, str(exc))
+    return error_response(exc.status, exc.code, str(exc))
 
 
 # The app's one error mapping: every error class a route may raise, to its HTTP answer in the

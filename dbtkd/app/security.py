@@ -447,12 +447,13 @@ class _HttpGate:
         the body is read and dropped, briefly, which also lets the connection be reused; and
         whatever is still unread when the final message goes out is drained beside it.
         """
-        dropped = 0
-        with anyio.move_on_after(DRAIN_TIMEOUT):
-            while self.body_unread and dropped <= MAX_DRAIN_BYTES:
-                message = await self.receive()
-                self.note(message)
-                dropped += len(message.get("body", b""))
+        if self.body_unread:  # no timer otherwise: /health answers before anyio's loop loads
+            dropped = 0
+            with anyio.move_on_after(DRAIN_TIMEOUT):
+                while self.body_unread and dropped <= MAX_DRAIN_BYTES:
+                    message = await self.receive()
+                    self.note(message)
+                    dropped += len(message.get("body", b""))
         if not self.body_unread:
             await self.send(final)
             return

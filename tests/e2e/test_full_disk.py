@@ -85,8 +85,10 @@ def test_a_full_data_dir_refuses_saves_with_507_serves_reads_and_recovers_alone(
     leftover = small_data_dir / ".connections.json.k3j_x9a2.tmp"
     leftover.write_text('{"password": "left behind"}')
     api = Api(reaper.start(home))
-    assert not leftover.exists(), "an interrupted write was not removed at start"
+    # Removed at start, before the app serves its first request (the worker answers /health
+    # while it loads the app, so the first request is what waits for the sweep).
     saved = api.ok("POST", "/api/v1/connections", CONNECTION, 201)
+    assert not leftover.exists(), "an interrupted write was not removed at start"
 
     filler = fill(small_data_dir)
     status, refused = api.call("POST", "/api/v1/connections", CONNECTION)

@@ -264,8 +264,16 @@ class ProcessReaper:
             self.track(state.get("worker_pid"))
 
     def start(
-        self, home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 30,
+        loaded: bool = True,
     ) -> Daemon:
+        """Start ``dbtkd`` in the foreground and return once it is ready and, unless ``loaded``
+        is False, once its worker has loaded the app: a worker answers /health (and so is
+        ready) while it still imports the app (dbtkd.app.loading); tests start from the app."""
         env = env or env_for(home)
         proc = subprocess.Popen(
             [DBTKD, *(["--port-range", "0"] if "--port-range" not in args else []), *args],
@@ -285,6 +293,9 @@ class ProcessReaper:
         token = control_call(home, "port")["token"]
         daemon = Daemon(home, proc, port, token, env, self)
         self.track(daemon.status()["worker_pid"])
+        if loaded:
+            code, _, body = daemon.http("GET", "/api/v1/status", timeout=timeout)  # waits for it
+            assert code == 200, body
         return daemon
 
     def spawn(

@@ -52,7 +52,8 @@ def test_health_answers_while_the_app_loads_and_other_requests_wait_for_it(
     home: Path, reaper: ProcessReaper
 ) -> None:
     # reaper.start returns once the supervisor saw the worker ready: with the app held.
-    daemon = reaper.start(home, env=env_for(home, DBTK_TEST_FAULTS="hold_app_load"))
+    env = env_for(home, DBTK_TEST_FAULTS="hold_app_load")
+    daemon = reaper.start(home, env=env, loaded=False)
     data_dir = Path(control_call(home, "status")["data_dir"])
     assert not (data_dir / RELEASE_FILE).exists()
     assert get(daemon.port, "/health", {}) == (200, b'{"status":"ok"}')

@@ -196,9 +196,12 @@ def test_running_out_of_descriptors_below_the_cap_refuses_cleanly(
     finally:
         resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
     wait_until(lambda: served(daemon.port), 10, what="the worker to serve again")
+    # The worker's lines reach the log through the supervisor's pipe: wait for them.
+    wait_until(
+        lambda: "out of file descriptors" in log_text(daemon.home), 10, what="the refusal logged"
+    )
     text = log_text(daemon.home)
     assert "Traceback" not in text, text[-3000:]
-    assert "out of file descriptors" in text
     assert daemon.status()["worker_pid"] == worker
 
 

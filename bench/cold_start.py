@@ -50,7 +50,7 @@ def dbtkd_sample(bench: Bench, *, api: bool = False) -> dict[str, Any]:
     try:
         start = time.perf_counter()
         deadline = start + START_DEADLINE
-        argv = [bench.dbtkctl, "port", "--port-range", "0", *(["--json"] if api else [])]
+        argv = [str(bench.dbtkctl), "port", "--port-range", "0", *(["--json"] if api else [])]
         proc = bench.popen(argv, home=home, name="dbtkctl-port")
         assert proc.stdout is not None
         try:

@@ -245,6 +245,7 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
         app = create_app(app_config)
         app.state.meter = meter
         app.state.supervisor_view = supervisor_view
+        app.state.loading = loading  # its ``loaded_in``, for /metrics
         return app
 
     loading = LoadingApp(app_config, build)

@@ -1,8 +1,9 @@
 """The DB Toolkit API served by the worker: Starlette routes and streams behind one gate.
 
-The worker builds it with ``create_app(AppConfig(...))``, serves it with Hypercorn, and on a
-stop order calls ``await app.state.streams.close_all(code)``. See ``docs/security.md`` for the
-checks every request and WebSocket upgrade goes through.
+The worker builds it with ``create_app(AppConfig(...))``, serves it with Hypercorn (behind
+``dbtkd.app.loading.LoadingApp``, which answers /health while the app is still being
+imported), and on a stop order calls ``await app.state.streams.close_all(code)``. See
+``docs/security.md`` for the checks every request and WebSocket upgrade goes through.
 
 Both names are looked up on first use (PEP 562): importing one module of the package (the
 jobs import ``dbtkd.app.programs``) then never imports the whole app, and no module of the app

@@ -98,12 +98,22 @@ class LoadingApp:
         try:
             await asyncio.to_thread(self._import)
             app = self._build()
-            await self._serve_lifespan(app, scope, started)
+            inbox, running = await self._start(app, scope)
         except Exception:
             log.critical("could not load the app; the worker exits", exc_info=True)
             logging.shutdown()
             sys.stderr.flush()
             os._exit(EXIT_APP_LOAD)
+        self.app = app
+        self.loaded_in = time.perf_counter() - started
+        self._ready.set()
+        log.debug("app loaded in %.1f ms", self.loaded_in * 1000)
+        await self._stopping.wait()
+        inbox.put_nowait({"type": "lifespan.shutdown"})
+        try:
+            await running
+        except Exception:  # the worker is stopping anyway: say so, and stop
+            log.exception("the app's lifespan failed at shutdown")
 
     def _import(self) -> None:
         if "hold_app_load" in self._config.test_faults:
@@ -116,8 +126,10 @@ class LoadingApp:
         for name in APP_MODULES:
             importlib.import_module(name)
 
-    async def _serve_lifespan(self, app: ASGIApp, scope: Scope, started: float) -> None:
-        """Run ``app``'s lifespan: startup, then ready until Hypercorn's lifespan ends."""
+    async def _start(
+        self, app: ASGIApp, scope: Scope
+    ) -> tuple[asyncio.Queue[Message], asyncio.Future[None]]:
+        """Start ``app``'s lifespan; its inbox (for the shutdown message) and its task."""
         inbox: asyncio.Queue[Message] = asyncio.Queue()
         up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -138,13 +150,7 @@ class LoadingApp:
             running.result()  # raises what ended it
             raise RuntimeError("the app's lifespan ended before its startup completed")
         up.result()
-        self.app = app
-        self.loaded_in = time.perf_counter() - started
-        self._ready.set()
-        log.debug("app loaded in %.1f ms", self.loaded_in * 1000)
-        await self._stopping.wait()
-        inbox.put_nowait({"type": "lifespan.shutdown"})
-        await running
+        return inbox, running
 
 
 def _is_health(scope: Scope) -> bool:

@@ -87,6 +87,7 @@ def render(
     restarts: Mapping[str, int],
     leases: int,
     websockets: Mapping[str, int],
+    app_load_seconds: float | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4."""
     out: list[str] = []
@@ -106,6 +107,13 @@ def render(
         for process, stats in processes.items():
             if stats.get(key) is not None:
                 out.append(f"{metric}{_labels(process=process)} {stats[key]}")
+    if app_load_seconds is not None:
+        family(
+            "dbtk_worker_app_load_seconds",
+            "gauge",
+            "Seconds from the worker's first serving to its app loaded and started.",
+        )
+        out.append(f"dbtk_worker_app_load_seconds {app_load_seconds:.4f}")
     family("dbtk_worker_gc_enabled", "gauge", "1 once the worker's cyclic collector is on.")
     out.append(f"dbtk_worker_gc_enabled {int(gc.isenabled())}")
     family(

@@ -117,6 +117,7 @@ async def metrics(request: Request) -> Response:
         restarts=view.get("restarts", {}),
         leases=int(view.get("leases", 0)),
         websockets=streams.counts(),
+        app_load_seconds=getattr(getattr(request.app.state, "loading", None), "loaded_in", None),
     )
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 

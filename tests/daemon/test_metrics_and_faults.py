@@ -91,6 +91,10 @@ def test_the_worker_turns_its_collector_on_once_serving_with_start_up_frozen(
     frozen = re.search(r"\ndbtk_worker_gc_frozen_objects (\d+)\n", text)
     assert frozen is not None
     assert int(frozen[1]) > 10_000  # the modules, classes and functions of start-up
+    # The app was imported after the worker began serving, and the worker says how long it took.
+    loaded = re.search(r"\ndbtk_worker_app_load_seconds ([0-9.]+)\n", text)
+    assert loaded is not None, text
+    assert 0 < float(loaded[1]) < 60
 
 
 def test_killing_the_supervisor_ends_the_worker_within_a_second_even_with_websockets_open(

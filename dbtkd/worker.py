@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbtkd import fdlimit
 from dbtkd.app.loading import APP_MODULES
@@ -43,6 +43,9 @@ from dbtkd.wire import (
     Handshake,
     line,
 )
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 # DESIGN §2: a stop drains for at most 2 s; a window that reconnects loses nothing because
 # every stream sends a snapshot on connect.
@@ -186,8 +189,8 @@ def _hypercorn_config(settings: Handshake) -> Any:
 
 # What ``serve`` imports and what the app's first requests need: the zygote imports them once
 # and every worker it forks shares them (dbtkd.zygote). tests/daemon/test_zygote.py checks
-# that ``serve`` imports nothing more. A spawned worker serves once the first five are
-# imported and imports the rest while it already answers /health (dbtkd.app.loading).
+# that ``serve`` imports nothing more. A spawned worker imports the app's part, APP_MODULES,
+# while it already answers /health (dbtkd.app.loading).
 PRELOAD = (
     "hypercorn.asyncio.run",
     "hypercorn.config",
@@ -238,8 +241,8 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
     )
     supervisor_view: dict[str, Any] = {}
 
-    def build() -> Any:
-        # Runs on the event loop once LoadingApp's thread has imported APP_MODULES.
+    def build() -> Starlette:
+        # Called on the event loop once LoadingApp's thread has imported APP_MODULES.
         from dbtkd.app.application import create_app
 
         app = create_app(app_config)
@@ -256,7 +259,8 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
     loop.call_later(SETTLE_COLLECTOR_AFTER, settle_collector)
 
     def activity() -> Activity:
-        jobs = getattr(loading.app and loading.app.state, "jobs", None)  # type: ignore[attr-defined]
+        app = loading.app
+        jobs = getattr(app.state, "jobs", None) if app is not None else None
         running = jobs.running() if jobs is not None else []
         return {
             "idle_for": round(meter.idle_for(), 3),
@@ -278,12 +282,12 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
         app = loading.app  # None while loading: no job or stream can exist yet
         if app is None:
             return
-        jobs = getattr(app.state, "jobs", None)  # type: ignore[attr-defined]
+        jobs = getattr(app.state, "jobs", None)
         if jobs is not None and jobs.running():
             # DESIGN §2: jobs still running at a stop are cancelled, their children killed and
             # reaped, partial files removed, and each marked failed with the reason.
             await jobs.cancel_all(orders.jobs_reason)
-        await app.state.streams.close_all(code)  # type: ignore[attr-defined]
+        await app.state.streams.close_all(code)
 
     config = _hypercorn_config(settings)
     served = ReadinessProbe(meter, settings["probe"])

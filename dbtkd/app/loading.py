@@ -29,12 +29,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from dbtkd.app.config import AppConfig
 from dbtkd.app.security import SecurityMiddleware
 from dbtkd.wire import EXIT_APP_LOAD
+
+if TYPE_CHECKING:  # imported by the thread, not before the worker serves
+    from starlette.applications import Starlette
 
 log = logging.getLogger("dbtkd.app.loading")
 
@@ -56,8 +60,8 @@ RELEASE_FILE = "release-app-load"  # test fault hold_app_load
 class LoadingApp:
     """The worker's ASGI app: answers /health until ``build()``'s app is ready, then is it."""
 
-    def __init__(self, config: AppConfig, build: Callable[[], ASGIApp]) -> None:
-        self.app: ASGIApp | None = None
+    def __init__(self, config: AppConfig, build: Callable[[], Starlette]) -> None:
+        self.app: Starlette | None = None
         self.loaded_in: float | None = None  # seconds from lifespan start to ready
         self._config = config
         self._build = build
@@ -127,7 +131,7 @@ class LoadingApp:
             importlib.import_module(name)
 
     async def _start(
-        self, app: ASGIApp, scope: Scope
+        self, app: Starlette, scope: Scope
     ) -> tuple[asyncio.Queue[Message], asyncio.Future[None]]:
         """Start ``app``'s lifespan; its inbox (for the shutdown message) and its task."""
         inbox: asyncio.Queue[Message] = asyncio.Queue()

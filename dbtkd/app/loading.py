@@ -2,7 +2,7 @@
 
 Importing the app (Starlette, the route modules, the job system) is about a third of a
 worker's start, and none of it is needed to say that the worker is alive. So the worker
-starts serving with this in front and imports the app in a thread meanwhile (``load``):
+starts serving with this in front and imports the app in a thread meanwhile (``_load``):
 
 - ``GET``/``HEAD /health`` is answered at once, behind the same security gate as the app's,
   with the same answer;
@@ -11,9 +11,10 @@ starts serving with this in front and imports the app in a thread meanwhile (``l
 - the lifespan Hypercorn runs completes at once; the app's own runs once the app is built and
   ends when Hypercorn's does.
 
-If the import or the app's start-up fails, the worker logs why and exits 1, as a worker that
-failed before serving did: the supervisor restarts it. In a worker forked by the zygote
-everything is imported already and the thread has nothing to do.
+If the import or the app's start-up fails, the worker logs why and exits with
+``EXIT_APP_LOAD``, which the supervisor counts as a failed start (backoff, then ``failed``), as
+when such a failure came before the worker served; a failure at shutdown is only logged. In a
+worker forked by the zygote everything is imported already and the thread has nothing to do.
 
 Test faults: ``hold_app_load`` makes the loader wait until ``<data_dir>/release-app-load``
 exists, so a test sees the worker serve /health (and hold the rest) with no app loaded;

@@ -64,6 +64,22 @@ def ppid(pid: int) -> int:
         return int(stat.read().rsplit(") ", 1)[1].split()[1])
 
 
+def connections_held(pid: int, port: int) -> int:
+    """How many TCP connections to 127.0.0.1:``port`` the process ``pid`` holds open (accepted,
+    in any state but closed: a client's close leaves the server's side open until it closes)."""
+    inodes = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local_port = int(fields[1].rpartition(":")[2], 16)
+        if local_port == port and fields[3] != "0A":  # not the listening socket (TCP_LISTEN)
+            inodes.add(f"socket:[{fields[9]}]")
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+    return count
+
+
 def daemon_processes(home: Path) -> list[int]:
     """Pids of every live dbtkd process (supervisor, worker, zygote) serving ``home``."""
     found = []
@@ -292,10 +308,19 @@ class ProcessReaper:
         port = int(line.split(":")[1])
         token = control_call(home, "port")["token"]
         daemon = Daemon(home, proc, port, token, env, self)
-        self.track(daemon.status()["worker_pid"])
+        worker = daemon.status()["worker_pid"]
+        self.track(worker)
         if loaded:
             code, _, body = daemon.http("GET", "/api/v1/status", timeout=timeout)  # waits for it
             assert code == 200, body
+            if Path("/proc/net/tcp").exists():
+                # And the worker has closed its side: tests that count its descriptors
+                # start from a worker holding none for the probe or this request.
+                wait_until(
+                    lambda: connections_held(worker, port) == 0,
+                    timeout,
+                    what=f"worker {worker} to close its connections",
+                )
         return daemon
 
     def spawn(

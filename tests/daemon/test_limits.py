@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Daemon, ProcessReaper, env_for, health, wait_until
+from tests.support import (
+    Daemon,
+    ProcessReaper,
+    connections_held,
+    env_for,
+    health,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -36,21 +43,6 @@ def all_logs(home: Path) -> str:
 
 def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def accepted(pid: int, port: int) -> int:
-    """How many established TCP connections to ``port`` the process ``pid`` holds open."""
-    inodes = set()
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = row.split()
-        local_port = int(fields[1].rpartition(":")[2], 16)
-        if local_port == port and fields[3] == "01":  # TCP_ESTABLISHED
-            inodes.add(f"socket:[{fields[9]}]")
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):  # closed meanwhile
-            count += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
-    return count
 
 
 def soft_limit_of(pid: int) -> int:
@@ -177,7 +169,9 @@ def test_connections_over_the_cap_are_answered_503_with_one_log_line(
         # Counted as connections, not as descriptors: a probe's or a module file's descriptor
         # that closes meanwhile would make a descriptor count fall short.
         wait_until(
-            lambda: accepted(worker, daemon.port) >= cap, 30, what="the worker to accept all"
+            lambda: connections_held(worker, daemon.port) >= cap,
+            30,
+            what="the worker to accept all",
         )
         with connections(daemon.port, 10) as extra:
             for sock in extra:

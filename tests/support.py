@@ -311,7 +311,11 @@ class ProcessReaper:
         worker = daemon.status()["worker_pid"]
         self.track(worker)
         if loaded:
-            code, _, body = daemon.http("GET", "/api/v1/status", timeout=timeout)  # waits for it
+            # Waits for the app. Connection: close, or the worker would keep its side of it
+            # open until Hypercorn's keep-alive timeout (5 s), even after the client closed.
+            code, _, body = daemon.http(
+                "GET", "/api/v1/status", headers={"Connection": "close"}, timeout=timeout
+            )
             assert code == 200, body
             if Path("/proc/net/tcp").exists():
                 # And the worker has closed its side: tests that count its descriptors

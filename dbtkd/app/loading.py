@@ -53,7 +53,7 @@ APP_MODULES = (
     "dbtkd.app.jobapi",
     "dbtkd.app.uisettings",
 )
-# The app's answer to GET /health (dbtkd.app.routes.health), byte for byte.
+# The answer to GET /health, while loading and after (dbtkd.app.routes.health).
 HEALTH_BODY = b'{"status":"ok"}'
 RELEASE_FILE = "release-app-load"  # test fault hold_app_load
 

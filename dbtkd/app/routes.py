@@ -44,6 +44,7 @@ from dbtkd.app import (
 from dbtkd.app.config import AppConfig
 from dbtkd.app.db.profiles import STORE_FILE, InvalidProfileError, ProfileNotFoundError
 from dbtkd.app.endpoints import ApiError, route
+from dbtkd.app.loading import HEALTH_BODY
 from dbtkd.app.logtail import follow_log, parse_backlog
 from dbtkd.app.responses import describe, error_response
 from dbtkd.app.store import StoreTooNewError, StoreUnwritable
@@ -56,8 +57,9 @@ STREAM_NAMES = ("logs",)
 
 
 async def health(request: Request) -> Response:
-    # Liveness only, and the one route open without a token: it must say nothing more.
-    return JSONResponse({"status": "ok"})
+    # Liveness only, and the one route open without a token: it must say nothing more. The
+    # same bytes as the worker's answer while it loads the app (dbtkd.app.loading).
+    return Response(HEALTH_BODY, media_type="application/json")
 
 
 async def api_health(request: Request) -> Response:

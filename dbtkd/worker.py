@@ -91,8 +91,10 @@ class Orders:
         reply_fd: int,
         activity: Callable[[], Activity],
         supervisor_view: dict[str, Any],
+        sent: bytes = b"",
     ) -> None:
         self._loop = loop
+        self._sent = sent  # read with the handshake, not yet handled
         self._reply_fd = reply_fd
         self._activity = activity
         self._supervisor_view = supervisor_view
@@ -106,9 +108,8 @@ class Orders:
     def _read(self) -> None:
         # Raw reads on fd 0: a daemon thread parked in a buffered read would make interpreter
         # shutdown abort ("could not acquire lock for <stdin>").
-        pending = b""
-        while chunk := os.read(0, 4096):
-            pending += chunk
+        pending = self._sent
+        while True:
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 try:
@@ -116,6 +117,10 @@ class Orders:
                 except ValueError:
                     continue
                 self._loop.call_soon_threadsafe(self._handle, order)
+            chunk = os.read(0, 4096)
+            if not chunk:
+                break
+            pending += chunk
         # EOF: the supervisor is gone (or closed our pipe). Leave now, without draining: no
         # one is left to restart us and the listening socket is the next daemon's business.
         os._exit(0)
@@ -212,7 +217,7 @@ def preload() -> None:
         importlib.import_module(name)
 
 
-async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
+async def serve(token: str, settings: Handshake, reply_fd: int, orders_sent: bytes = b"") -> None:
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.config import Sockets
     from hypercorn.utils import wrap_app
@@ -270,7 +275,7 @@ async def serve(token: str, settings: Handshake, reply_fd: int) -> None:
             "requests_total": meter.requests_total,
         }
 
-    orders = Orders(loop, reply_fd, activity, supervisor_view)
+    orders = Orders(loop, reply_fd, activity, supervisor_view, orders_sent)
     orders.start()
     # What an exited program left behind was handed to the supervisor (dbtkd.subreaper),
     # silently: tell it to kill those now.
@@ -316,7 +321,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    token, settings = _read_handshake()
+    token, settings, orders_sent = _read_handshake()
     if sys.platform != "win32":
         # The watchdog asks for a stack dump before killing a hung worker; faulthandler
         # writes it from the signal handler, so it works even with the event loop blocked.
@@ -334,7 +339,7 @@ def main(argv: list[str]) -> int:
         # Retrying cannot fix this; the supervisor reports it once and waits for a restart.
         log.error("fatal configuration error: %s", problem)
         return EXIT_CONFIG
-    asyncio.run(serve(token, settings, reply_fd))
+    asyncio.run(serve(token, settings, reply_fd, orders_sent))
     logging.shutdown()
     sys.stderr.flush()
     # Skip interpreter finalization: the orders thread is still parked in a read of the pipe,
@@ -372,18 +377,15 @@ def _unusable_data_dir(data_dir: str) -> str | None:
     return None
 
 
-def _read_handshake() -> tuple[str, Handshake]:
-    """The token line and the settings line, read unbuffered so the orders thread gets the rest."""
-    lines: list[bytes] = []
-    current = b""
-    while len(lines) < 2:
-        byte = os.read(0, 1)
-        if not byte:
+def _read_handshake() -> tuple[str, Handshake, bytes]:
+    """The token line, the settings line, and what followed them (orders already sent), which
+    the orders thread reads first. Raw reads: the orders thread reads fd 0 raw as well."""
+    received = b""
+    while received.count(b"\n") < 2:
+        chunk = os.read(0, 4096)
+        if not chunk:
             raise SystemExit("dbtkd worker: the supervisor closed the pipe during the handshake")
-        if byte == b"\n":
-            lines.append(current)
-            current = b""
-        else:
-            current += byte
-    settings: Handshake = json.loads(lines[1])
-    return lines[0].decode().rstrip("\r"), settings
+        received += chunk
+    token, line, rest = received.split(b"\n", 2)
+    settings: Handshake = json.loads(line)
+    return token.decode().rstrip("\r"), settings, rest

@@ -43,8 +43,8 @@ if TYPE_CHECKING:  # imported by the thread, not before the worker serves
 
 log = logging.getLogger("dbtkd.app.loading")
 
-# What building the app imports, create_app's own function-level imports included, so that
-# none of it is left for the event loop.
+# What building and starting the app imports, create_app's own function-level imports
+# included, so that none of it is left for the event loop.
 APP_MODULES = (
     "dbtkd.app.application",
     "dbtkd.app.analyticsapi",
@@ -52,6 +52,8 @@ APP_MODULES = (
     "dbtkd.app.events",
     "dbtkd.app.jobapi",
     "dbtkd.app.uisettings",
+    # The app's lifespan starts with ``anyio.to_thread``, which loads anyio's asyncio backend.
+    "anyio._backends._asyncio",
 )
 # The answer to GET /health, while loading and after (dbtkd.app.routes.health).
 HEALTH_BODY = b'{"status":"ok"}'
@@ -101,7 +103,10 @@ class LoadingApp:
     async def _load(self, scope: Scope) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._import)
+            if self._imported():
+                self._import()  # a forked worker's: nothing to import, no thread to start
+            else:
+                await asyncio.to_thread(self._import)
             app = self._build()
             inbox, running = await self._start(app, scope)
         except Exception:
@@ -119,6 +124,12 @@ class LoadingApp:
             await running
         except Exception:  # the worker is stopping anyway: say so, and stop
             log.exception("the app's lifespan failed at shutdown")
+
+    def _imported(self) -> bool:
+        """Is the app imported already (a worker forked by the zygote), test faults aside?"""
+        if self._config.test_faults & {"hold_app_load", "fail_app_load"}:
+            return False
+        return all(name in sys.modules for name in APP_MODULES)
 
     def _import(self) -> None:
         if "hold_app_load" in self._config.test_faults:

@@ -132,7 +132,10 @@ def prepare(
     first = spawn.worker_settings(
         settings, env, port=launch.port, started_at=launch.started_at, restarts=0
     )
-    launch.zygote = zygote.start_or_none(env) if settings.worker_start == "fork" else None
+    if settings.worker_start == "fork":
+        # Forked from here (no thread, no event loop yet): the zygote and its workers share
+        # this interpreter's pages with us.
+        launch.zygote = zygote.start_or_none(env, fork=True)
     if early is not None:
         if launch.zygote is None:
             launch.first_worker = spawn.handshake(early, launch.listener, launch.token, first)

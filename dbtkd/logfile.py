@@ -123,6 +123,18 @@ class LogFile:
             handler.close()
 
 
+def detach_in_child() -> list[logging.Handler]:
+    """In a process forked from the supervisor (the zygote): take the supervisor's handlers off
+    the ``dbtkd`` logger and let its records reach the root logger again, as in a spawned
+    process. The handlers are returned to be kept, never closed: their file descriptor numbers
+    are not theirs any more."""
+    logger = logging.getLogger(ROOT)
+    handlers, logger.handlers = logger.handlers, []
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+    return handlers
+
+
 def tail(path: str, lines: int) -> list[str]:
     """The last ``lines`` lines of ``path`` (and of its rotated predecessors if needed)."""
     if lines <= 0:

@@ -493,12 +493,15 @@ class Supervisor:
     def _worker_pids(self) -> list[int]:
         """Our children that are workers or the zygote (not yet reaped): never the subreaper's
         to touch. (A forked worker is the zygote's child, not ours.)"""
-        popens = [self.zygote.popen] if self.zygote is not None and not self.zygote.gone else []
+        popens = []
         if self.worker is not None and isinstance(self.worker.proc, Process):
             popens.append(self.worker.proc.popen)
         if self.unadopted is not None and isinstance(self.unadopted.process, subprocess.Popen):
             popens.append(self.unadopted.process)
-        return [popen.pid for popen in popens if popen.returncode is None]
+        pids = [popen.pid for popen in popens if popen.returncode is None]
+        if self.zygote is not None and not self.zygote.gone:
+            pids.append(self.zygote.pid)
+        return pids
 
     def _sweep_soon(self) -> None:
         if self.subreaper is not None:

@@ -1,12 +1,16 @@
 """The worker fork server (Linux): a process that has imported the worker, forking each one.
 
 A worker spawned from scratch spends ~150 ms importing asyncio, Hypercorn, Starlette and the
-app before it can serve; after a crash that is the outage. So the supervisor starts one
-``dbtkd _zygote`` process, which imports all of that once, runs a collection, freezes what
-survives (``gc.freeze()``: later collections in a worker never write to those pages, so they
-stay shared), and then waits. Each worker is a ``fork()`` of it: serving ~20 ms after the
-request, and the imported modules' pages are shared between the zygote and the worker instead
-of being paid twice.
+app before it can serve; after a crash that is the outage. So the supervisor forks one zygote
+(``Zygote.fork_here``, from ``dbtkd.launch``: before asyncio, while it runs no thread and no
+event loop), which imports all of that once, runs a collection, freezes what survives
+(``gc.freeze()``: later collections in a worker never write to those pages, so they stay
+shared), and then waits. Each worker is a ``fork()`` of it: serving ~30 ms after a crash, and
+the pages of the interpreter and of the imported modules are shared by the supervisor, the
+zygote and the worker instead of being paid for in each. The supervisor collects and freezes
+its own objects just before that fork, for the same reason. A zygote started later (the first
+one died) is spawned as ``dbtkd _zygote`` (``Zygote.start``): by then the supervisor runs its
+event loop, and a fork could copy a lock that another thread holds.
 
 The conversation is a ``SOCK_SEQPACKET`` socket pair (one message per datagram):
 
@@ -17,10 +21,13 @@ The conversation is a ``SOCK_SEQPACKET`` socket pair (one message per datagram):
   signal). A worker is the zygote's child, so the zygote reaps it (through a pidfd) and says
   how it ended.
 
-In the forked child, the four descriptors become 0 (stdin), 1 and 2 (output), 3 (listening
-socket) and 4 (reply pipe), nothing else stays open, the child leads a new process group, and
-``dbtkd.worker.main`` runs exactly as in a spawned worker: the token and settings arrive on
-stdin, ``PR_SET_PDEATHSIG`` ties it to the zygote, which is tied to the supervisor the same way.
+A forked zygote keeps only its socket (as descriptor 3) and 0-2 (0 reading /dev/null), sets
+aside the supervisor's log handlers and takes the environment a spawned one would get
+(``_leave_the_supervisor``). In the worker it forks, the four descriptors become 0 (stdin),
+1 and 2 (output), 3 (listening socket) and 4 (reply pipe), nothing else stays open, the child
+leads a new process group, and ``dbtkd.worker.main`` runs exactly as in a spawned worker: the
+token and settings arrive on stdin, ``PR_SET_PDEATHSIG`` ties it to the zygote, which is tied
+to the supervisor the same way. ``ps`` names them ``dbtkd-zygote`` and ``dbtkd-worker``.
 
 The zygote takes orders only from its socket and holds no threads, no event loop and no
 open files besides it, so a fork copies nothing that could be half-held. When the socket
@@ -35,6 +42,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import io
 import json
 import logging
 import os
@@ -46,7 +54,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from dbtkd import spawn
+from dbtkd import logfile, spawn
 from dbtkd.wire import WorkerSettings
 
 SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
@@ -55,6 +63,7 @@ FORK_FDS = 4  # stdin, output, listening socket, reply pipe
 CHILD_LISTENER_FD = 3
 CHILD_REPLY_FD = 4
 MAX_MESSAGE = 4096
+ZYGOTE_SOCKET_FD = 3  # in a forked zygote
 # sysexits.h EX_SOFTWARE: the forked child could not even start the worker.
 EXIT_CHILD_SETUP = 70
 SIGKILL: int = getattr(signal, "SIGKILL", 9)
@@ -128,9 +137,11 @@ class Child:
 class Zygote:
     """The supervisor's end: start the zygote, ask it for workers, hear how they end."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+    def __init__(
+        self, pid: int, sock: socket.socket, popen: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        self.pid = pid  # our child: the subreaper reaps it once it is gone
+        self.popen = popen  # kept when spawned: a Popen let go while running would warn
         self.sock = sock
         self.pending: collections.deque[Child] = collections.deque()  # forks not yet answered
         self.children: dict[int, Child] = {}
@@ -139,7 +150,40 @@ class Zygote:
         self._loop: Any = None
 
     @classmethod
+    def fork_here(cls, env: Mapping[str, str]) -> Zygote:
+        """Fork the zygote from this process, which must hold no threads and no event loop
+        (``dbtkd.launch``, before asyncio): it shares this interpreter's pages with us."""
+        if sys.platform == "win32":  # SUPPORTED is False there: never called
+            raise NotImplementedError("the worker fork server is Linux's")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for stream in (sys.stdout, sys.stderr):  # nothing of ours written twice
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        # Collected once here, then frozen: neither our collections nor the zygote's ever
+        # traverse (and so write to) the objects both of us, and every worker, share.
+        gc.collect()
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            code = EXIT_CHILD_SETUP
+            try:
+                _leave_the_supervisor(theirs.fileno(), env)
+                code = _run(socket.socket(fileno=ZYGOTE_SOCKET_FD))
+            except BaseException:
+                _report_crash()
+            os._exit(code)
+        theirs.close()
+        return cls(pid, ours)
+
+    @classmethod
     def start(cls, env: Mapping[str, str]) -> Zygote:
+        """Spawn the zygote as a new process (``dbtkd _zygote``): the way for a process that
+        runs threads or an event loop, where a fork could copy a lock held mid-way."""
         if sys.platform == "win32":  # SUPPORTED is False there: never called
             raise NotImplementedError("the worker fork server is Linux's")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -157,7 +201,7 @@ class Zygote:
             raise
         finally:
             theirs.close()
-        return cls(popen, ours)
+        return cls(popen.pid, ours, popen)
 
     def fork(self, listener: socket.socket, token: str, settings: WorkerSettings) -> spawn.Spawned:
         """Ask for a worker serving ``listener``; its pid comes later (``Child.started``)."""
@@ -244,13 +288,14 @@ class Zygote:
         self.gone = True
 
 
-def start_or_none(env: Mapping[str, str]) -> Zygote | None:
-    """A new zygote, or None where there is none (not Linux) or it cannot be started."""
+def start_or_none(env: Mapping[str, str], *, fork: bool = False) -> Zygote | None:
+    """A new zygote, or None where there is none (not Linux) or it cannot be started.
+    ``fork``: fork it from this process (see ``Zygote.fork_here``) instead of spawning it."""
     if not SUPPORTED:
         log.warning("worker_start = fork needs Linux (pidfds); workers are spawned")
         return None
     try:
-        return Zygote.start(env)
+        return Zygote.fork_here(env) if fork else Zygote.start(env)
     except OSError as exc:
         log.warning("no worker fork server (%s): workers are spawned", exc)
         return None
@@ -268,17 +313,68 @@ def main(argv: list[str]) -> int:
             "usage: dbtkd _zygote --socket-fd N (started by the supervisor only)", file=sys.stderr
         )
         return 2
+    return _run(socket.socket(fileno=int(argv[1])))
+
+
+def _run(sock: socket.socket) -> int:
+    """The zygote, spawned or forked: import the worker, then fork workers until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from dbtkd import worker
 
     worker.die_with_parent()
-    sock = socket.socket(fileno=int(argv[1]))
+    _set_name(b"dbtkd-zygote")
+    gc.disable()  # no collections during the imports: ~60,000 objects, nearly all kept
     worker.preload()
     gc.collect()
     gc.freeze()  # what survives is shared with every worker; keep collections off its pages
+    gc.enable()
     serve(sock)
     return 0
+
+
+# What the forked zygote inherited and must never use nor let go: the supervisor's log
+# handlers (their file is closed here; a finalizer would close whatever took its number).
+_INHERITED: list[object] = []
+
+
+def _leave_the_supervisor(sock_fd: int, env: Mapping[str, str]) -> None:
+    """In the zygote just forked from the supervisor: become what ``Zygote.start`` would have
+    started. Only the socket (as ``ZYGOTE_SOCKET_FD``) and 0-2 stay open, 0 reading
+    /dev/null, in its own process group, with the worker's environment and name."""
+    if sys.platform == "win32":  # SUPPORTED is False there: never called
+        raise NotImplementedError("the worker fork server is Linux's")
+    import fcntl
+
+    os.setpgid(0, 0)
+    os.chdir("/")
+    moved = fcntl.fcntl(sock_fd, fcntl.F_DUPFD, ZYGOTE_SOCKET_FD + 1)
+    os.dup2(moved, ZYGOTE_SOCKET_FD)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.closerange(ZYGOTE_SOCKET_FD + 1, _fd_ceiling())  # lock, port, log, pipes: not ours
+    _INHERITED.extend(logfile.detach_in_child())
+    os.environ.clear()
+    os.environ.update(spawn.child_environment(env))
+    if sys.modules.get("ssl", False) is None:
+        del sys.modules["ssl"]  # the supervisor blocked it (dbtkd.__main__); workers need it
+    if isinstance(sys.stdout, io.TextIOWrapper):  # PYTHONUNBUFFERED, as if spawned with it
+        with contextlib.suppress(ValueError):  # closed
+            sys.stdout.reconfigure(write_through=True)
+
+
+def _set_name(name: bytes) -> None:
+    """The process's name in ``ps``, ``top`` and ``/proc/PID/comm``: a forked process's command
+    line is its parent's."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
+        comm.write(name)
+
+
+def _report_crash() -> None:
+    import traceback
+
+    with contextlib.suppress(OSError):
+        os.write(2, traceback.format_exc().encode())
 
 
 def serve(sock: socket.socket) -> None:
@@ -334,6 +430,7 @@ def _fork(fds: list[int], sock: socket.socket) -> int:
     if pid:
         return pid
     code = EXIT_CHILD_SETUP
+    gc.disable()  # as in a spawned worker: ``dbtkd.worker.settle_collector`` turns it on
     try:
         _become_worker(fds)
         from dbtkd import worker
@@ -342,10 +439,7 @@ def _fork(fds: list[int], sock: socket.socket) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else EXIT_CHILD_SETUP
     except BaseException:
-        import traceback
-
-        with contextlib.suppress(OSError):
-            os.write(2, traceback.format_exc().encode())
+        _report_crash()
     os._exit(code)
 
 
@@ -366,6 +460,7 @@ def _become_worker(fds: list[int]) -> None:
     os.dup2(listener, CHILD_LISTENER_FD)
     os.dup2(reply, CHILD_REPLY_FD)
     os.closerange(CHILD_REPLY_FD + 1, _fd_ceiling())  # the zygote's socket and pidfds too
+    _set_name(b"dbtkd-worker")
 
 
 def _fd_ceiling() -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,9 +23,14 @@ from typing import Any
 import pytest
 
 from dbtkd import settings, spawn, worker, zygote
+from dbtkd.errors import AlreadyRunning
+from tests.app.db.support import Api
+from tests.app.jobs.test_terminal import read_until, send
+from tests.app.jobs.test_terminal import shell as terminal_shell
 from tests.support import (
     Daemon,
     ProcessReaper,
+    env_for,
     health,
     pid_alive,
     ppid,
@@ -35,14 +42,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def zygote_of(daemon: Daemon) -> int:
-    """The zygote's pid: the supervisor's child running ``dbtkd _zygote``."""
+    """The zygote's pid: the supervisor's child named ``dbtkd-zygote``."""
     for task in Path(f"/proc/{daemon.pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"_zygote" in cmdline:
+            if comm(int(child)) == "dbtkd-zygote":
                 daemon.reaper.track(int(child))
                 return int(child)
     raise AssertionError("the daemon has no zygote")
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
 @pytest.fixture
@@ -54,8 +68,67 @@ def test_the_worker_is_a_fork_of_the_zygote_and_status_says_so(forking: Daemon) 
     status = forking.status()
     assert status["worker_start"] == "fork"
     assert set(status["processes"]) == {"supervisor", "worker", "zygote"}
-    assert ppid(forking.worker_pid) == zygote_of(forking)
+    mother = zygote_of(forking)
+    assert ppid(forking.worker_pid) == mother
+    assert comm(forking.worker_pid) == "dbtkd-worker"
+    # Forked from the supervisor (sharing its pages), not spawned: the same command line.
+    assert cmdline(mother) == cmdline(forking.pid)
     assert forking.http("GET", "/api/v1/health")[0] == 200
+
+
+def test_the_forked_zygote_keeps_none_of_the_supervisors_descriptors(forking: Daemon) -> None:
+    mother = zygote_of(forking)
+    held = {int(fd.name): os.readlink(fd) for fd in Path(f"/proc/{mother}/fd").iterdir()}
+    assert held[0] == "/dev/null"
+    assert held[3].startswith("socket:")  # its end of the supervisor's socket pair
+    # Besides 0-3, only pidfds of its workers: not the lock, the log, the listening socket,
+    # the control socket or a worker's pipe, all of which the supervisor held when it forked.
+    others = {fd: target for fd, target in held.items() if fd > 3}
+    assert others, held  # at least its worker's
+    assert set(others.values()) == {"anon_inode:[pidfd]"}, held
+    # Closed in the zygote, the lock is still the supervisor's alone: a second daemon for this
+    # home is refused, and the running one still answers.
+    second = subprocess.run(
+        [sys.executable, "-m", "dbtkd", "--home", str(forking.home), "--port-range", "0"],
+        env=env_for(forking.home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == AlreadyRunning.exit_code, second.stderr
+    assert f"another dbtkd (pid {forking.pid}) already serves this profile" in second.stderr
+    assert health(forking.port) == 200
+
+
+def test_a_forked_workers_log_lines_come_through_the_supervisor(
+    home: Path, reaper: ProcessReaper
+) -> None:
+    daemon = reaper.start(home, "--worker-start", "fork", "--log-level", "debug")
+    log_file = home / "logs" / "dbtkd.log"
+    # A record of a ``dbtkd.*`` logger in the worker: with the supervisor's handlers still on
+    # that logger, it would be written to a closed descriptor instead of the worker's output.
+    line = f"dbtkd.worker[{daemon.worker_pid}]: DEBUG dbtkd.app.loading: app loaded in"
+    wait_until(lambda: line in log_file.read_text(), what="the worker's line in the log")
+
+
+def test_programs_a_forked_worker_runs_get_the_workers_environment(
+    home: Path, reaper: ProcessReaper
+) -> None:
+    # As from a spawned worker: the user's variables, PYTHONUNBUFFERED, and none of systemd's
+    # hand-over variables, which are the supervisor's alone (the zygote was forked from it).
+    env = env_for(
+        home,
+        SHELL="/bin/sh",
+        ENV="",
+        NOTIFY_SOCKET="/nonexistent",
+        WATCHDOG_USEC="1000",
+        MARK_FROM_TEST="kept",
+    )
+    api = Api(reaper.start(home, "--worker-start", "fork", env=env))
+    with terminal_shell(api) as (socket, _):
+        command = 'echo "env:[$NOTIFY_SOCKET|$WATCHDOG_USEC|$MARK_FROM_TEST|$PYTHONUNBUFFERED]"'
+        send(socket, type="input", data=command + "\n")
+        read_until(socket, re.escape("env:[||kept|1]"))
 
 
 def test_a_killed_worker_is_forked_again_on_the_same_port(forking: Daemon) -> None:
@@ -181,5 +254,6 @@ def test_garbage_on_the_zygote_socket_gets_an_error_and_forking_goes_on(tmp_path
     finally:
         z.close()
         listener.close()
+        assert z.popen is not None  # spawned
         z.popen.wait(timeout=10)  # end of file on its socket: it exits
     assert z.popen.returncode == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dbtkd import zygote
 from tests.support import (
     ProcessReaper,
     control_call,
@@ -83,8 +84,8 @@ def ctl(bin_dir: Path, home: Path, *args: str, **env: str) -> subprocess.Complet
     )
 
 
-def start_old(installs: dict[str, Path], home: Path, reaper: ProcessReaper) -> dict:
-    result = ctl(installs["1.0.0"], home, "port", "--json", "--port-range", "0")
+def start_old(installs: dict[str, Path], home: Path, reaper: ProcessReaper, **env: str) -> dict:
+    result = ctl(installs["1.0.0"], home, "port", "--json", "--port-range", "0", **env)
     reaper.track_home(home)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
@@ -120,10 +121,20 @@ class ClientLoop(threading.Thread):
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "worker_start",
+    [
+        "spawn",
+        pytest.param(
+            "fork",  # the new supervisor forks its zygote while it holds the handed-over files
+            marks=pytest.mark.skipif(not zygote.SUPPORTED, reason="the fork server is Linux's"),
+        ),
+    ],
+)
 def test_a_newer_dbtkctl_upgrades_the_daemon_without_refusing_anyone(
-    installs: dict[str, Path], home: Path, reaper: ProcessReaper
+    installs: dict[str, Path], home: Path, reaper: ProcessReaper, worker_start: str
 ) -> None:
-    old = start_old(installs, home, reaper)
+    old = start_old(installs, home, reaper, DBTK_WORKER_START=worker_start)
     lease = control_connect(home, timeout=30)
     buffer = bytearray()
     lease.sendall(
@@ -135,7 +146,7 @@ def test_a_newer_dbtkctl_upgrades_the_daemon_without_refusing_anyone(
     loop.start()
     try:
         wait_until(lambda: loop.outcomes["200 1.0.0"] > 20, what="answers from the old daemon")
-        result = ctl(installs["1.1.0"], home, "port", "--json")
+        result = ctl(installs["1.1.0"], home, "port", "--json", DBTK_WORKER_START=worker_start)
         reaper.track_home(home)
         assert result.returncode == 0, result.stderr
         new = json.loads(result.stdout)
@@ -159,8 +170,9 @@ def test_a_newer_dbtkctl_upgrades_the_daemon_without_refusing_anyone(
         event = read_line(lease, buffer)
     assert event == {"id": 3, "event": "handoff", "version": "1.1.0"}
     lease.close()
-    clients = control_call(home, "status")["clients"]
-    assert [(c["pid"], c.get("carried")) for c in clients] == [(os.getpid(), True)]
+    status = control_call(home, "status")
+    assert [(c["pid"], c.get("carried")) for c in status["clients"]] == [(os.getpid(), True)]
+    assert status["worker_start"] == worker_start
     state = read_state(home)
     assert state is not None
     assert (state["pid"], state["version"], state["port"]) == (new["pid"], "1.1.0", new["port"])

@@ -131,8 +131,9 @@ def _parse_tool_paths(value: object, source: str) -> dict[str, str]:
 # How a worker is started: "spawn", a new interpreter each time (after a crash, ~100 ms until
 # /health answers, ~150 ms until the app does), or "fork" (Linux), forked from a process that
 # has imported the worker already (dbtkd.zygote: ~30 ms, for ~15% more memory:
-# bench/README.md). Spawn is the default: on a desktop the memory is paid all day, the outage
-# only when the worker crashes.
+# bench/README.md). Spawn is the default: every launch of the app pays the cold start, which
+# is shorter (a spawned worker answers before it has imported the app; the zygote imports all
+# of it before its first fork), and the memory all day; the outage only when a worker crashes.
 WORKER_START = ("spawn", "fork")
 
 

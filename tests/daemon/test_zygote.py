@@ -114,8 +114,9 @@ def test_a_forked_workers_log_lines_come_through_the_supervisor(
 def test_programs_a_forked_worker_runs_get_the_workers_environment(
     home: Path, reaper: ProcessReaper
 ) -> None:
-    # As from a spawned worker: the user's variables, PYTHONUNBUFFERED, and none of systemd's
-    # hand-over variables, which are the supervisor's alone (the zygote was forked from it).
+    # As from a spawned worker: the user's variables, and PYTHONUNBUFFERED, which the supervisor
+    # does not have: the zygote, forked from it, took a spawned worker's environment. (systemd's
+    # hand-over variables, which are the supervisor's alone, the terminal removes as well.)
     env = env_for(
         home,
         SHELL="/bin/sh",
@@ -124,6 +125,7 @@ def test_programs_a_forked_worker_runs_get_the_workers_environment(
         WATCHDOG_USEC="1000",
         MARK_FROM_TEST="kept",
     )
+    env.pop("PYTHONUNBUFFERED", None)
     api = Api(reaper.start(home, "--worker-start", "fork", env=env))
     with terminal_shell(api) as (socket, _):
         command = 'echo "env:[$NOTIFY_SOCKET|$WATCHDOG_USEC|$MARK_FROM_TEST|$PYTHONUNBUFFERED]"'

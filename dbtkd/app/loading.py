@@ -103,9 +103,7 @@ class LoadingApp:
     async def _load(self, scope: Scope) -> None:
         started = time.perf_counter()
         try:
-            if self._imported():
-                self._import()  # a forked worker's: nothing to import, no thread to start
-            else:
+            if not self._imported():  # a forked worker's is: no thread to start
                 await asyncio.to_thread(self._import)
             app = self._build()
             inbox, running = await self._start(app, scope)

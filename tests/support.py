@@ -64,6 +64,12 @@ def ppid(pid: int) -> int:
         return int(stat.read().rsplit(") ", 1)[1].split()[1])
 
 
+def comm(pid: int) -> str:
+    """The process's name (``ps``'s COMM): ``dbtkd-zygote`` and ``dbtkd-worker`` for the fork
+    server's processes, whose command line is the supervisor's."""
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def connections_held(pid: int, port: int) -> int:
     """How many TCP connections to 127.0.0.1:``port`` the process ``pid`` holds open (accepted,
     in any state but closed: a client's close leaves the server's side open until it closes)."""

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from dbtkd import sockshare, zygote
-from tests.support import DBTKD, ProcessReaper, daemon_processes, env_for, health, ppid
+from tests.support import (
+    DBTKD,
+    ProcessReaper,
+    comm,
+    daemon_processes,
+    env_for,
+    health,
+    ppid,
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
 
@@ -97,7 +105,7 @@ def test_a_config_file_asking_for_the_fork_server_discards_the_early_worker(
     # is gone.
     assert workers_in(home) == []
     parent = ppid(daemon.worker_pid)
-    assert Path(f"/proc/{parent}/comm").read_text() == "dbtkd-zygote\n"
+    assert comm(parent) == "dbtkd-zygote"
     assert ppid(parent) == daemon.pid
     assert health(daemon.port) == 200
 

@@ -30,6 +30,7 @@ from tests.app.jobs.test_terminal import shell as terminal_shell
 from tests.support import (
     Daemon,
     ProcessReaper,
+    comm,
     env_for,
     health,
     pid_alive,
@@ -49,10 +50,6 @@ def zygote_of(daemon: Daemon) -> int:
                 daemon.reaper.track(int(child))
                 return int(child)
     raise AssertionError("the daemon has no zygote")
-
-
-def comm(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 def cmdline(pid: int) -> list[bytes]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.frozen.bundle import FROZEN, INTERNAL, REPO, SKIP_REASON, python_free_env
-from tests.support import DBTKCTL, DBTKD, Daemon, ProcessReaper, env_for, run_ctl
+from tests.support import DBTKCTL, DBTKD, Daemon, ProcessReaper, comm, env_for, run_ctl
 
 if not FROZEN:
     pytest.skip(SKIP_REASON, allow_module_level=True)
@@ -166,7 +166,7 @@ def test_the_frozen_zygote_is_the_bundle_and_forks_the_worker(forking: Daemon) -
     # Forked from the supervisor: the bundle's command line, and its own name.
     cmdline = Path(f"/proc/{mother}/cmdline").read_bytes().split(b"\0")[:-1]
     assert cmdline[0].decode() == DBTKD
-    assert Path(f"/proc/{mother}/comm").read_text() == "dbtkd-zygote\n"
+    assert comm(mother) == "dbtkd-zygote"
     assert forking.http("GET", "/api/v1/health")[0] == 200
 
 
